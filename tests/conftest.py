@@ -1,0 +1,7 @@
+"""Test-suite wiring: the real-component fixtures are pytest plugins under tests/components."""
+
+pytest_plugins = [
+    "tests.components.kube",
+    "tests.components.prometheus",
+    "tests.components.vllm_cpu",
+]
