@@ -1,0 +1,379 @@
+"""Read performance profiles: our own format and the formats other tools publish.
+
+Every reader takes the file's *content* (text or bytes), never a path, so the planner stays free
+of I/O; callers read the file. Each returns a validated :class:`~planner.profile.ProfileSet` or
+raises :class:`ProfileFormatError` naming the field and the offending value.
+
+Supported inputs
+----------------
+* ``pdscaler`` — our versioned YAML/JSON document (``docs/profile-format.md``);
+* ``dynamo`` — NVIDIA Dynamo planner's pre-swept ``prefill.npz`` / ``decode.npz`` pair;
+* ``aiconfigurator`` — aiconfigurator's ``prefill.csv`` / ``decode.csv`` tables (one instance
+  profile per tensor-parallel size, out-of-memory rows dropped);
+* ``paper`` — a benchmark table as the seed paper gives it: one prefill maximum throughput at one
+  input length and a batch → TPOT table.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import yaml
+from pydantic import ValidationError
+
+from planner.profile import (
+    DecodeCurve,
+    DecodePoint,
+    InstanceProfile,
+    Parallelism,
+    PrefillCurve,
+    PrefillPoint,
+    ProfileMetadata,
+    ProfileSet,
+)
+
+
+class ProfileFormatError(ValueError):
+    """A profile document is malformed; the message names the field and the value."""
+
+
+def _check_number(field: str, value: Any, *, allow_zero: bool = False) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ProfileFormatError(f"{field}={value!r} is not a number") from None
+    if math.isnan(number) or math.isinf(number):
+        raise ProfileFormatError(f"{field}={value!r} is not finite")
+    if number < 0 or (number == 0 and not allow_zero):
+        raise ProfileFormatError(f"{field}={value!r} must be > 0")
+    return number
+
+
+def _validation_message(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        location = ".".join(str(p) for p in item["loc"])
+        value = item.get("input")
+        shown = "" if isinstance(value, (dict, list, tuple)) else f" (value {value!r})"
+        parts.append(f"{location}: {item['msg']}{shown}")
+    return "; ".join(parts)
+
+
+def parse_profile_document(text: str) -> ProfileSet:
+    """Parse our own ``ProfileSet`` document (YAML or JSON text).
+
+    Examples
+    --------
+    >>> doc = '''
+    ... apiVersion: pdscaler.io/v1alpha1
+    ... kind: ProfileSet
+    ... instances:
+    ...   - {name: a, role: prefill, gpuType: h200, gpusPerInstance: 8,
+    ...      prefill: {points: [{inputTokens: 6144, maxThroughputTokensPerS: 28309}]}}
+    ...   - {name: a, role: decode, gpuType: h200, gpusPerInstance: 8,
+    ...      decode: {points: [{contextTokens: 6144, batchSize: 10, tpotMs: 12.8},
+    ...                        {contextTokens: 6144, batchSize: 20, tpotMs: 16.4}]}}
+    ... '''
+    >>> parse_profile_document(doc).instances[0].gpus_per_instance
+    8
+    """
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ProfileFormatError(f"profile is not valid YAML/JSON: {exc}") from None
+    if not isinstance(data, Mapping):
+        raise ProfileFormatError("profile document must be a mapping with apiVersion/kind/instances")
+    version = data.get("apiVersion")
+    if version != "pdscaler.io/v1alpha1":
+        raise ProfileFormatError(
+            f"apiVersion={version!r} is not supported; expected 'pdscaler.io/v1alpha1'"
+        )
+    try:
+        return ProfileSet.model_validate(data)
+    except ValidationError as exc:
+        raise ProfileFormatError(_validation_message(exc)) from None
+
+
+def dump_profile_document(profiles: ProfileSet, fmt: str = "yaml") -> str:
+    """Serialize to our document format (``yaml`` or ``json``); round-trips exactly."""
+    document = profiles.to_document()
+    if fmt == "json":
+        return json.dumps(document, indent=2) + "\n"
+    return str(yaml.safe_dump(document, sort_keys=False))
+
+
+def _npz_scalar(arrays: Mapping[str, Any], key: str, default: Any = None) -> Any:
+    if key not in arrays:
+        return default
+    return np.asarray(arrays[key]).ravel()[0].item()
+
+
+def _npz_vector(arrays: Mapping[str, Any], key: str, source: str) -> np.ndarray[Any, Any]:
+    if key not in arrays:
+        raise ProfileFormatError(f"{source}: array {key!r} missing (have {sorted(arrays)})")
+    vector = np.asarray(arrays[key], dtype=np.float64).ravel()
+    for index, value in enumerate(vector.tolist()):
+        _check_number(f"{source}:{key}[{index}]", value, allow_zero=key == "x_kv_usage")
+    return vector
+
+
+def import_dynamo_npz(prefill_npz: bytes, decode_npz: bytes, name: str | None = None) -> ProfileSet:
+    """Import NVIDIA Dynamo's pre-swept ``prefill.npz`` and ``decode.npz``.
+
+    Prefill arrays: ``prefill_isl`` (tokens), ``prefill_ttft`` (ms, one request in flight) and
+    ``prefill_thpt_per_gpu`` (tokens/s/GPU). Decode arrays: ``x_kv_usage`` (fraction of the KV
+    cache), ``y_context_length`` (tokens), ``z_itl`` (ms) and ``max_kv_tokens``. The decode batch
+    size of each point is ``round(x_kv_usage * max_kv_tokens / y_context_length)``.
+    """
+    prefill = dict(np.load(io.BytesIO(prefill_npz), allow_pickle=False))
+    decode = dict(np.load(io.BytesIO(decode_npz), allow_pickle=False))
+    tp = int(_npz_scalar(prefill, "tp", 1))
+    gpus = tp * int(_npz_scalar(prefill, "pp", 1)) * int(_npz_scalar(prefill, "dp", 1))
+    gpu_type = str(_npz_scalar(prefill, "gpu_type", "unknown"))
+    isl = _npz_vector(prefill, "prefill_isl", "prefill.npz")
+    ttft_ms = _npz_vector(prefill, "prefill_ttft", "prefill.npz")
+    thpt_per_gpu = _npz_vector(prefill, "prefill_thpt_per_gpu", "prefill.npz")
+    if not (isl.size == ttft_ms.size == thpt_per_gpu.size):
+        raise ProfileFormatError("prefill.npz: prefill_isl, prefill_ttft, prefill_thpt_per_gpu differ in length")
+    order = np.argsort(isl)
+    prefill_points = tuple(
+        PrefillPoint(
+            input_tokens=int(isl[i]),
+            max_throughput_tokens_per_s=float(thpt_per_gpu[i] * gpus),
+            zero_load_latency_ms=float(ttft_ms[i]),
+        )
+        for i in order
+    )
+    usage = _npz_vector(decode, "x_kv_usage", "decode.npz")
+    context = _npz_vector(decode, "y_context_length", "decode.npz")
+    itl = _npz_vector(decode, "z_itl", "decode.npz")
+    max_kv = int(_check_number("decode.npz:max_kv_tokens", _npz_scalar(decode, "max_kv_tokens")))
+    decode_tp = int(_npz_scalar(decode, "tp", 1))
+    decode_gpus = decode_tp * int(_npz_scalar(decode, "pp", 1)) * int(_npz_scalar(decode, "dp", 1))
+    batch = np.maximum(np.rint(usage * max_kv / context), 1).astype(int)
+    best: dict[tuple[int, int], float] = {}
+    for ctx, b, t in zip(context.astype(int).tolist(), batch.tolist(), itl.tolist(), strict=True):
+        key = (int(ctx), int(b))
+        best[key] = min(best.get(key, math.inf), float(t))
+    decode_points = tuple(
+        DecodePoint(context_tokens=c, batch_size=b, tpot_ms=t) for (c, b), t in sorted(best.items())
+    )
+    config = name or f"{gpu_type}-tp{tp}"
+    metadata = ProfileMetadata(
+        model=str(_npz_scalar(prefill, "model", "unknown")),
+        engine=str(_npz_scalar(prefill, "framework", "unknown")),
+        engine_version=str(_npz_scalar(prefill, "framework_version", "unknown")),
+        hardware=gpu_type,
+        source="NVIDIA Dynamo pre-swept profile (prefill.npz, decode.npz)",
+    )
+    try:
+        return ProfileSet(
+            metadata=metadata,
+            instances=(
+                InstanceProfile(
+                    name=config, role="prefill", gpu_type=gpu_type, gpus_per_instance=gpus,
+                    parallelism=Parallelism(tensor=tp), prefill=PrefillCurve(points=prefill_points),
+                ),
+                InstanceProfile(
+                    name=config, role="decode", gpu_type=gpu_type, gpus_per_instance=decode_gpus,
+                    parallelism=Parallelism(tensor=decode_tp),
+                    decode=DecodeCurve(points=decode_points, kv_cache_capacity_tokens=max_kv),
+                ),
+            ),
+        )
+    except ValidationError as exc:
+        raise ProfileFormatError(_validation_message(exc)) from None
+
+
+_AIC_PREFILL_COLUMNS = ("tp", "isl", "batch", "latency_ms", "tokens_per_s", "oom")
+_AIC_DECODE_COLUMNS = ("tp", "context", "batch", "itl_ms", "tokens_per_s", "oom")
+
+
+def _read_csv(text: str, required: Sequence[str], source: str) -> list[dict[str, str]]:
+    reader = csv.DictReader(io.StringIO(text))
+    columns = reader.fieldnames or []
+    missing = [c for c in required if c not in columns]
+    if missing:
+        raise ProfileFormatError(f"{source}: missing column(s) {missing}; have {columns}")
+    return list(reader)
+
+
+def _parse_bool(field: str, value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no", ""):
+        return False
+    raise ProfileFormatError(f"{field}={value!r} is not a boolean")
+
+
+def import_aiconfigurator_csv(
+    prefill_csv: str, decode_csv: str, gpu_type: str, model: str = "unknown"
+) -> ProfileSet:
+    """Import aiconfigurator's ``prefill.csv`` and ``decode.csv`` tables.
+
+    One prefill and one decode instance profile per tensor-parallel size ``tp`` (named
+    ``<gpu_type>-tp<tp>``). Prefill: per input length, the zero-load latency is the batch-1
+    latency and the maximum throughput the best ``tokens_per_s`` over batches. Decode: per
+    (context, batch), TPOT is ``itl_ms``. Rows marked ``oom`` are dropped: that batch does not fit
+    in the instance's memory. The largest batch that fits becomes the batch limit, and the largest
+    ``batch * context`` that fits a (conservative) KV-cache capacity in tokens.
+    """
+    prefill_rows = _read_csv(prefill_csv, _AIC_PREFILL_COLUMNS, "prefill.csv")
+    decode_rows = _read_csv(decode_csv, _AIC_DECODE_COLUMNS, "decode.csv")
+    prefill_by_tp: dict[int, dict[int, dict[str, float]]] = {}
+    for line, row in enumerate(prefill_rows, start=2):
+        where = f"prefill.csv line {line}"
+        if _parse_bool(f"{where} oom", row["oom"]):
+            continue
+        tp = int(_check_number(f"{where} tp", row["tp"]))
+        isl = int(_check_number(f"{where} isl", row["isl"]))
+        batch = int(_check_number(f"{where} batch", row["batch"]))
+        latency_ms = _check_number(f"{where} latency_ms", row["latency_ms"])
+        throughput = _check_number(f"{where} tokens_per_s", row["tokens_per_s"])
+        entry = prefill_by_tp.setdefault(tp, {}).setdefault(isl, {"zero": math.inf, "max": 0.0})
+        if batch == 1:
+            entry["zero"] = min(entry["zero"], latency_ms)
+        entry["max"] = max(entry["max"], throughput)
+    decode_by_tp: dict[int, dict[tuple[int, int], float]] = {}
+    batch_limit: dict[int, int] = {}
+    kv_tokens_fit: dict[int, int] = {}
+    oom_batches: dict[int, int] = {}
+    for line, row in enumerate(decode_rows, start=2):
+        where = f"decode.csv line {line}"
+        tp = int(_check_number(f"{where} tp", row["tp"]))
+        context = int(_check_number(f"{where} context", row["context"]))
+        batch = int(_check_number(f"{where} batch", row["batch"]))
+        if _parse_bool(f"{where} oom", row["oom"]):
+            oom_batches[tp] = min(oom_batches.get(tp, 1 << 30), batch)
+            continue
+        itl = _check_number(f"{where} itl_ms", row["itl_ms"])
+        decode_by_tp.setdefault(tp, {})[(context, batch)] = itl
+        batch_limit[tp] = max(batch_limit.get(tp, 0), batch)
+        kv_tokens_fit[tp] = max(kv_tokens_fit.get(tp, 0), batch * context)
+    instances: list[InstanceProfile] = []
+    try:
+        for tp in sorted(prefill_by_tp):
+            points = tuple(
+                PrefillPoint(
+                    input_tokens=isl,
+                    max_throughput_tokens_per_s=v["max"],
+                    zero_load_latency_ms=None if math.isinf(v["zero"]) else v["zero"],
+                )
+                for isl, v in sorted(prefill_by_tp[tp].items())
+            )
+            instances.append(
+                InstanceProfile(
+                    name=f"{gpu_type}-tp{tp}", role="prefill", gpu_type=gpu_type,
+                    gpus_per_instance=tp, parallelism=Parallelism(tensor=tp),
+                    prefill=PrefillCurve(points=points),
+                )
+            )
+        for tp in sorted(decode_by_tp):
+            points_d = tuple(
+                DecodePoint(context_tokens=c, batch_size=b, tpot_ms=t)
+                for (c, b), t in sorted(decode_by_tp[tp].items())
+            )
+            instances.append(
+                InstanceProfile(
+                    name=f"{gpu_type}-tp{tp}", role="decode", gpu_type=gpu_type,
+                    gpus_per_instance=tp, parallelism=Parallelism(tensor=tp),
+                    decode=DecodeCurve(
+                        points=points_d,
+                        max_batch_size=batch_limit[tp],
+                        kv_cache_capacity_tokens=kv_tokens_fit[tp],
+                    ),
+                )
+            )
+        return ProfileSet(
+            metadata=ProfileMetadata(
+                model=model, engine="vllm", hardware=gpu_type,
+                source="aiconfigurator performance estimates (prefill.csv, decode.csv)",
+                notes="modelled, not measured; oom rows dropped"
+                + (f" (first oom batch per tp: {oom_batches})" if oom_batches else ""),
+            ),
+            instances=tuple(instances),
+        )
+    except ValidationError as exc:
+        raise ProfileFormatError(_validation_message(exc)) from None
+
+
+def import_paper_table(
+    *,
+    input_tokens: int,
+    prefill_max_throughput_tokens_per_s: float,
+    decode_batch: Sequence[int],
+    decode_tpot_ms: Sequence[float],
+    gpus_per_instance: int = 8,
+    gpu_type: str = "h200",
+    name: str = "paper",
+    prefill_zero_load_latency_ms: float | None = None,
+) -> ProfileSet:
+    """Build a profile from the paper's benchmark tables (one input length, batch → TPOT).
+
+    The decode table was measured at one input length, so the context is taken as that length;
+    the TPOT curve then does not depend on context.
+
+    Examples
+    --------
+    >>> p = import_paper_table(input_tokens=6144, prefill_max_throughput_tokens_per_s=28309,
+    ...                        decode_batch=[10, 20], decode_tpot_ms=[12.8, 16.4])
+    >>> [i.key for i in p.instances]
+    ['prefill/paper', 'decode/paper']
+    """
+    if len(decode_batch) != len(decode_tpot_ms):
+        raise ProfileFormatError(
+            f"decode_batch has {len(decode_batch)} values but decode_tpot_ms has {len(decode_tpot_ms)}"
+        )
+    for index, (b, t) in enumerate(zip(decode_batch, decode_tpot_ms, strict=True)):
+        _check_number(f"decode_batch[{index}]", b)
+        _check_number(f"decode_tpot_ms[{index}]", t)
+    _check_number("prefill_max_throughput_tokens_per_s", prefill_max_throughput_tokens_per_s)
+    try:
+        return ProfileSet(
+            metadata=ProfileMetadata(source="paper benchmark table"),
+            instances=(
+                InstanceProfile(
+                    name=name, role="prefill", gpu_type=gpu_type,
+                    gpus_per_instance=gpus_per_instance,
+                    parallelism=Parallelism(tensor=gpus_per_instance),
+                    prefill=PrefillCurve(
+                        points=(
+                            PrefillPoint(
+                                input_tokens=input_tokens,
+                                max_throughput_tokens_per_s=prefill_max_throughput_tokens_per_s,
+                                zero_load_latency_ms=prefill_zero_load_latency_ms,
+                            ),
+                        )
+                    ),
+                ),
+                InstanceProfile(
+                    name=name, role="decode", gpu_type=gpu_type,
+                    gpus_per_instance=gpus_per_instance,
+                    parallelism=Parallelism(tensor=gpus_per_instance),
+                    decode=DecodeCurve(
+                        points=tuple(
+                            DecodePoint(context_tokens=input_tokens, batch_size=int(b), tpot_ms=float(t))
+                            for b, t in zip(decode_batch, decode_tpot_ms, strict=True)
+                        )
+                    ),
+                ),
+            ),
+        )
+    except ValidationError as exc:
+        raise ProfileFormatError(_validation_message(exc)) from None
+
+
+def merge_profile_sets(*sets: ProfileSet) -> ProfileSet:
+    """Combine profile sets (e.g. one per GPU type) into one; instance keys must stay unique."""
+    instances = tuple(i for s in sets for i in s.instances)
+    try:
+        return ProfileSet(metadata=sets[0].metadata, instances=instances)
+    except ValidationError as exc:
+        raise ProfileFormatError(_validation_message(exc)) from None

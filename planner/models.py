@@ -1,0 +1,376 @@
+r"""Latency models for prefill (TTFT) and decode (TPOT) pools.
+
+Each model predicts, for a workload and a replica count, the latency the pool delivers at the
+SLO's percentile (or mean). The optimizer searches replica counts with these predictions.
+
+TTFT budget
+-----------
+Every prefill model splits the time to first token explicitly:
+
+.. math::
+
+    \mathrm{TTFT} = W_q + t_0(L_{in}) + t_{kv}(L_{in}) + t_{fixed} \;[+\; \mathrm{TPOT}_1]
+
+queueing :math:`W_q`, prefill compute :math:`t_0` (zero-load latency from the profile), KV-cache
+transfer :math:`t_{kv}(L) = t_{kv,0} + t_{kv,1} L`, a fixed overhead (client, router) and, when
+the first token is produced by the decode instance, its first decode step.
+
+Prefill models
+--------------
+``paper``
+    Li et al. (2026): each instance is an M/M/1 queue with service rate
+    :math:`\mu = P_{max} / L_{in}`; the *mean* sojourn meets ``TTFT - T_overhead``, giving
+    :math:`TP_P = P_{max} - L_{in}/(TTFT - T_{overhead})` and :math:`N_P = \lambda L_{in} / TP_P`,
+    a fractional count rounded by the configured rule. Mean TTFT only.
+``mm1``
+    Independent M/M/1 per instance (random or round-robin routing), percentile from the
+    exponential sojourn distribution.
+``mmc``
+    One M/M/c queue pooled behind a least-loaded router (Erlang C), exact sojourn distribution.
+``mg1``
+    Independent M/G/1 per instance: service-time variability from the input-length distribution
+    (Pollaczek–Khinchine mean wait, exponential wait tail), the request's own prefill time from
+    its length.
+``mgc``
+    Pooled M/G/c (Allen–Cunneen mean wait, exponential wait tail) with length-dependent own time.
+
+Decode models
+-------------
+``paper``
+    Throughput at the TPOT target from a degree-2 least-squares fit of throughput
+    (:math:`B \cdot 1000 / \mathrm{TPOT}`) against TPOT over the benchmark;
+    :math:`N_D = \lambda L_{out} / TP_D`, rounded by the configured rule.
+``littles``
+    Little's law: each instance holds :math:`B = \lambda_i L_{out} \mathrm{TPOT}(B)/1000`
+    sequences (solved as a fixed point); TPOT is the curve at that mean batch and at the mean
+    decode context (context grows by one token per step).
+``poisson``
+    As ``littles``, with the fluctuation of the batch under Poisson arrivals: the number of
+    sequences in decode is Poisson (M/G/∞), and a token sees the size-biased batch
+    :math:`1 + \mathrm{Poisson}(B)`; its TPOT percentile is the curve at that batch's quantile.
+    A least-loaded router pools the fluctuation over the instances. The KV cache must hold the
+    percentile batch's contexts.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from scipy.stats import poisson
+
+from planner.profile import DecodeCurve, FrozenModel, InstanceProfile, PrefillCurve
+from planner.queueing import (
+    erlang_c,
+    mgc_wait_mean_s,
+    mmc_sojourn_quantile_s,
+    sojourn_quantile_mixture_s,
+)
+from planner.workload import SLO, Workload
+
+PrefillModelName = Literal["paper", "mm1", "mmc", "mg1", "mgc"]
+DecodeModelName = Literal["paper", "littles", "poisson"]
+Router = Literal["least-loaded", "random"]
+
+PREFILL_MODELS: tuple[PrefillModelName, ...] = ("paper", "mm1", "mmc", "mg1", "mgc")
+DECODE_MODELS: tuple[DecodeModelName, ...] = ("paper", "littles", "poisson")
+
+
+class TTFTBudget(FrozenModel):
+    """The parts of TTFT that are not prefill queueing or compute."""
+
+    overhead_s: float = 0.0
+    kv_transfer_fixed_s: float = 0.0
+    kv_transfer_s_per_token: float = 0.0
+    include_first_decode_step: bool = False
+
+    def fixed_s(self, first_decode_step_s: float = 0.0) -> float:
+        step = first_decode_step_s if self.include_first_decode_step else 0.0
+        return self.overhead_s + self.kv_transfer_fixed_s + step
+
+
+@dataclass(frozen=True)
+class PrefillPrediction:
+    """Predicted TTFT of a prefill pool. Infinite values mean the pool is overloaded."""
+
+    replicas: int
+    ttft_s: float
+    ttft_mean_s: float
+    queue_mean_s: float
+    compute_mean_s: float
+    overhead_mean_s: float
+    utilization: float
+
+
+@dataclass(frozen=True)
+class DecodePrediction:
+    """Predicted TPOT of a decode pool and the batch and KV-cache use behind it."""
+
+    replicas: int
+    tpot_ms: float
+    tpot_mean_ms: float
+    batch_mean: float
+    batch_at_percentile: float
+    kv_usage_fraction: float
+    limit: str | None  # "batch_limit" or "kv_cache" when a hard limit is exceeded
+
+    @property
+    def within_limits(self) -> bool:
+        return self.limit is None
+
+
+def _own_times(
+    curve: PrefillCurve, workload: Workload, budget: TTFTBudget
+) -> tuple[np.ndarray, np.ndarray]:
+    lengths = workload.input_tokens.array
+    own = curve.zero_load_latency_s(lengths) + budget.kv_transfer_s_per_token * lengths
+    return own, workload.input_tokens.probabilities
+
+
+def prefill_service_moments(curve: PrefillCurve, workload: Workload) -> tuple[float, float]:
+    """Mean and second moment of the saturated service time :math:`S(L)` over the lengths."""
+    service = curve.service_time_s(workload.input_tokens.array)
+    p = workload.input_tokens.probabilities
+    return float(np.dot(service, p)), float(np.dot(service**2, p))
+
+
+def predict_prefill(
+    model: PrefillModelName,
+    instance: InstanceProfile,
+    replicas: int,
+    workload: Workload,
+    slo: SLO,
+    budget: TTFTBudget,
+    first_decode_step_s: float = 0.0,
+) -> PrefillPrediction:
+    """Predict the TTFT (at the SLO percentile, and the mean) of ``replicas`` prefill instances.
+
+    See the module docstring for each model's formula and assumptions.
+
+    Examples
+    --------
+    >>> from planner.importers import import_paper_table
+    >>> p = import_paper_table(input_tokens=6144, prefill_max_throughput_tokens_per_s=28309,
+    ...                        decode_batch=[10, 20], decode_tpot_ms=[12.8, 16.4])
+    >>> w = Workload.from_tokens_per_min(5e6, 6144, 512)
+    >>> pred = predict_prefill("paper", p.instances[0], 4, w, SLO(ttft_s=2, tpot_ms=20),
+    ...                        TTFTBudget(overhead_s=0.1))
+    >>> round(pred.ttft_s, 3)  # 1 / (mu - lambda / 4) + 0.1 with mu = 28309 / 6144
+    0.777
+    """
+    assert instance.prefill is not None
+    curve = instance.prefill
+    lam = workload.rate_per_s
+    mean_s, second_s2 = prefill_service_moments(curve, workload)
+    fixed_s = budget.fixed_s(first_decode_step_s)
+    own, weights = _own_times(curve, workload, budget)
+    own_mean = float(np.dot(own, weights))
+    if replicas <= 0:
+        return PrefillPrediction(replicas, math.inf, math.inf, math.inf, own_mean, fixed_s, math.inf)
+    utilization = lam * mean_s / replicas
+    percentile = slo.ttft_percentile
+    if utilization >= 1:
+        return PrefillPrediction(
+            replicas, math.inf, math.inf, math.inf, own_mean, fixed_s, utilization
+        )
+    if model in ("paper", "mm1"):
+        # Exponential service with mean E[S]: the sojourn (wait + service) is Exp(mu - lambda_i).
+        mu = 1.0 / mean_s
+        gap = mu - lam / replicas
+        sojourn_mean = 1.0 / gap
+        queue_mean = sojourn_mean - mean_s
+        if model == "paper" or percentile is None:
+            ttft = sojourn_mean + fixed_s
+        else:
+            ttft = -math.log1p(-percentile) / gap + fixed_s
+        return PrefillPrediction(
+            replicas, ttft, sojourn_mean + fixed_s, queue_mean, mean_s, fixed_s, utilization
+        )
+    if model == "mmc":
+        mu = 1.0 / mean_s
+        queue_mean = erlang_c(replicas, lam * mean_s) / (replicas * mu - lam)
+        sojourn_mean = queue_mean + mean_s
+        ttft = (
+            sojourn_mean
+            if percentile is None
+            else mmc_sojourn_quantile_s(lam, mu, replicas, percentile)
+        ) + fixed_s
+        return PrefillPrediction(
+            replicas, ttft, sojourn_mean + fixed_s, queue_mean, mean_s, fixed_s, utilization
+        )
+    # General service: mg1 (independent queues) or mgc (pooled).
+    scv = max(second_s2 / mean_s**2 - 1.0, 0.0)
+    if model == "mg1":
+        lam_i = lam / replicas
+        queue_mean = lam_i * second_s2 / (2.0 * (1.0 - utilization))
+        wait_probability = utilization
+    else:
+        queue_mean = mgc_wait_mean_s(lam, mean_s, scv, replicas)
+        wait_probability = erlang_c(replicas, lam * mean_s)
+    ttft_mean = queue_mean + own_mean + fixed_s
+    if percentile is None:
+        ttft = ttft_mean
+    else:
+        ttft = (
+            sojourn_quantile_mixture_s(own, weights, wait_probability, queue_mean, percentile)
+            + fixed_s
+        )
+    return PrefillPrediction(replicas, ttft, ttft_mean, queue_mean, own_mean, fixed_s, utilization)
+
+
+def paper_prefill_throughput_tokens_per_s(
+    instance: InstanceProfile, workload: Workload, slo: SLO, budget: TTFTBudget
+) -> float:
+    r"""The paper's per-instance prefill throughput at the TTFT target.
+
+    .. math:: TP_P = P_{max}(L_{in}) - L_{in} / (\mathrm{TTFT} - T_{overhead})
+
+    Returns a value <= 0 when the target is unreachable (TTFT - overhead <= L/P_max).
+
+    Examples
+    --------
+    >>> from planner.importers import import_paper_table
+    >>> p = import_paper_table(input_tokens=6144, prefill_max_throughput_tokens_per_s=28309,
+    ...                        decode_batch=[10, 20], decode_tpot_ms=[12.8, 16.4])
+    >>> w = Workload.from_tokens_per_min(5e6, 6144, 512)
+    >>> round(paper_prefill_throughput_tokens_per_s(
+    ...     p.instances[0], w, SLO(ttft_s=2, tpot_ms=20), TTFTBudget(overhead_s=0.1)), 2)
+    25075.32
+    """
+    assert instance.prefill is not None
+    length = workload.input_tokens.mean
+    p_max = float(instance.prefill.max_throughput_tokens_per_s(length))
+    available_s = slo.ttft_s - budget.fixed_s()
+    if available_s <= 0:
+        return -math.inf
+    return p_max - length / available_s
+
+
+def paper_decode_fit(curve: DecodeCurve, context_tokens: float) -> np.ndarray:
+    """The paper's decode fit: degree-2 least squares of throughput (tokens/s) against TPOT (ms).
+
+    Uses the measured points at the context row nearest ``context_tokens`` (raw, not the
+    monotone fit, as the paper does). Returns coefficients, highest power first.
+    """
+    contexts = sorted({p.context_tokens for p in curve.points})
+    nearest = min(contexts, key=lambda c: abs(c - context_tokens))
+    row = [p for p in curve.points if p.context_tokens == nearest]
+    tpot = np.array([p.tpot_ms for p in row])
+    throughput = np.array([p.batch_size * 1000.0 / p.tpot_ms for p in row])
+    degree = min(2, len(row) - 1)
+    return np.asarray(np.polyfit(tpot, throughput, degree), dtype=np.float64)
+
+
+def paper_decode_throughput_tokens_per_s(
+    instance: InstanceProfile, workload: Workload, slo: SLO
+) -> float:
+    """Decode throughput per instance at the TPOT target by the paper's polynomial fit.
+
+    Examples
+    --------
+    >>> from planner.importers import import_paper_table
+    >>> p = import_paper_table(input_tokens=6144, prefill_max_throughput_tokens_per_s=28309,
+    ...     decode_batch=[10, 20, 30, 40, 50, 60], decode_tpot_ms=[12.8, 16.4, 18.8, 21.6, 23.9, 26.2])
+    >>> w = Workload.from_tokens_per_min(5e6, 6144, 512)
+    >>> round(paper_decode_throughput_tokens_per_s(p.instances[1], w, SLO(ttft_s=2, tpot_ms=20)), 2)
+    1690.95
+    """
+    assert instance.decode is not None
+    coefficients = paper_decode_fit(instance.decode, workload.input_tokens.mean)
+    return float(np.polyval(coefficients, slo.tpot_ms))
+
+
+def _mean_batch(
+    curve: DecodeCurve, tokens_per_s_per_instance: float, context_tokens: float
+) -> tuple[float, float]:
+    """Solve the Little's-law fixed point B = r * TPOT(B)/1000 per instance.
+
+    ``r`` is the output-token rate per instance. Returns (B, TPOT(B) ms); B is infinite when
+    the instance cannot keep up at any batch within its limit.
+    """
+    limit = float(curve.batch_limit)
+    batch = max(tokens_per_s_per_instance * float(curve.tpot_ms(1.0, context_tokens)) / 1000.0, 1e-9)
+    for _ in range(200):
+        tpot = float(curve.tpot_ms(max(batch, 1.0), context_tokens))
+        updated = tokens_per_s_per_instance * tpot / 1000.0
+        if updated > 4 * limit:
+            return math.inf, math.inf
+        if abs(updated - batch) <= 1e-9 * max(1.0, batch):
+            batch = updated
+            break
+        batch = updated
+    else:
+        # Did not settle: the throughput curve is flat here; check the last iterate's growth.
+        tpot = float(curve.tpot_ms(max(batch, 1.0), context_tokens))
+        if tokens_per_s_per_instance * tpot / 1000.0 > batch * (1 + 1e-6):
+            return math.inf, math.inf
+    return batch, float(curve.tpot_ms(max(batch, 1.0), context_tokens))
+
+
+def predict_decode(
+    model: DecodeModelName,
+    instance: InstanceProfile,
+    replicas: int,
+    workload: Workload,
+    slo: SLO,
+    router: Router = "least-loaded",
+    kv_usage_limit: float = 0.95,
+) -> DecodePrediction:
+    """Predict the TPOT of ``replicas`` decode instances (see the module docstring).
+
+    Examples
+    --------
+    >>> from planner.importers import import_paper_table
+    >>> p = import_paper_table(input_tokens=6144, prefill_max_throughput_tokens_per_s=28309,
+    ...     decode_batch=[10, 20, 30, 40, 50, 60], decode_tpot_ms=[12.8, 16.4, 18.8, 21.6, 23.9, 26.2])
+    >>> w = Workload.from_tokens_per_min(5e6, 6144, 512)
+    >>> pred = predict_decode("littles", p.instances[1], 4, w, SLO(ttft_s=2, tpot_ms=20))
+    >>> round(pred.batch_mean, 1), round(pred.tpot_mean_ms, 2)
+    (30.2, 18.87)
+    """
+    assert instance.decode is not None
+    curve = instance.decode
+    context = workload.mean_decode_context_tokens
+    out_rate = workload.rate_per_s * workload.output_tokens.mean
+    if replicas <= 0:
+        return DecodePrediction(replicas, math.inf, math.inf, math.inf, math.inf, math.inf, None)
+    per_instance = out_rate / replicas
+    if model == "paper":
+        coefficients = paper_decode_fit(curve, workload.input_tokens.mean)
+        # Invert throughput(TPOT) = per-instance rate on the increasing branch of the fit.
+        roots = np.roots(coefficients - np.array([0.0] * (len(coefficients) - 1) + [per_instance]))
+        real = sorted(r.real for r in roots if abs(r.imag) < 1e-9 and r.real > 0)
+        tpot = real[0] if real else math.inf
+        batch = per_instance * tpot / 1000.0
+        kv = _kv_fraction(curve, batch, context)
+        return DecodePrediction(replicas, tpot, tpot, batch, batch, kv, None)
+    batch, tpot_mean = _mean_batch(curve, per_instance, context)
+    if not math.isfinite(batch):
+        return DecodePrediction(replicas, math.inf, math.inf, math.inf, math.inf, math.inf,
+                                "batch_limit")
+    percentile = slo.tpot_percentile
+    if model == "littles" or percentile is None:
+        batch_p = batch
+        tpot = tpot_mean
+    else:
+        if router == "least-loaded":
+            pooled = float(poisson.ppf(percentile, batch * replicas))
+            batch_p = 1.0 + math.ceil(pooled / replicas)
+        else:
+            batch_p = 1.0 + float(poisson.ppf(percentile, batch))
+        tpot = float(curve.tpot_ms(batch_p, context))
+    limit: str | None = None
+    if batch_p > curve.batch_limit:
+        limit = "batch_limit"
+    kv = _kv_fraction(curve, batch_p, context)
+    if kv > kv_usage_limit:
+        limit = "kv_cache"
+    return DecodePrediction(replicas, tpot, tpot_mean, batch, batch_p, kv, limit)
+
+
+def _kv_fraction(curve: DecodeCurve, batch: float, context_tokens: float) -> float:
+    if curve.kv_cache_capacity_tokens is None:
+        return 0.0
+    return batch * context_tokens / curve.kv_cache_capacity_tokens

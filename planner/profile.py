@@ -1,0 +1,354 @@
+"""Performance profiles: what one prefill or decode instance can do.
+
+A profile describes one instance of one role in one parallelism configuration on one GPU type:
+
+* **prefill** — for a grid of input lengths, the zero-load latency (one request in flight) and the
+  maximum throughput under saturating load (the GPUs never idle);
+* **decode** — for a grid of context lengths and batch sizes, the time per output token (TPOT);
+  the KV-cache capacity in tokens and the largest batch the engine runs.
+
+The on-disk format (``apiVersion: pdscaler.io/v1alpha1``, ``kind: ProfileSet``) is documented in
+``docs/profile-format.md``. Field names carry their units. Points must be finite, positive and
+sorted; anything else is refused with an error naming the field and the value.
+
+Fitting
+-------
+Measured curves are noisy and not monotone, so they are fitted before use:
+
+* prefill: the saturated per-request time :math:`t_{sat}(L) = L / P_{max}(L)` and the zero-load
+  latency :math:`t_0(L)` are fitted as non-negative quadratics
+  :math:`c_0 + c_1 L + c_2 L^2` (fixed cost, linear layers, attention), which are non-decreasing
+  by construction; with fewer than three points the time is taken as proportional to ``L``;
+* decode: TPOT is fitted per context length by isotonic (non-decreasing) regression in the batch
+  size, then interpolated linearly in batch and context, with the context direction made
+  non-decreasing as well.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from planner.fitting import (
+    FloatArray,
+    PolynomialTimeFit,
+    fit_nonnegative_polynomial,
+    interp_clamped,
+    isotonic_increasing,
+)
+
+PROFILE_API_VERSION = "pdscaler.io/v1alpha1"
+PROFILE_KIND = "ProfileSet"
+
+
+class FrozenModel(BaseModel):
+    """Base for the planner's immutable, validated inputs (camelCase on disk, snake_case in code)."""
+
+    model_config = ConfigDict(
+        frozen=True,
+        extra="forbid",
+        alias_generator=to_camel,
+        populate_by_name=True,
+        allow_inf_nan=False,
+    )
+
+    def __eq__(self, other: object) -> bool:
+        # Equality is on the declared fields only; private attributes hold derived fits.
+        if type(other) is not type(self):
+            return NotImplemented
+        return bool(self.__dict__ == other.__dict__)
+
+    def __hash__(self) -> int:
+        return hash((type(self), *self.__dict__.values()))
+
+
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class PrefillPoint(FrozenModel):
+    """One prefill measurement at a given input length."""
+
+    input_tokens: PositiveInt = Field(description="Prompt length in tokens.")
+    max_throughput_tokens_per_s: PositiveFloat = Field(
+        description="Prompt tokens per second one instance processes under saturating load."
+    )
+    zero_load_latency_ms: PositiveFloat | None = Field(
+        default=None,
+        description="Prefill time of one request alone on the instance (TTFT at zero load, "
+        "without network or KV-transfer overhead). Defaults to the saturated time L/P_max.",
+    )
+
+
+class DecodePoint(FrozenModel):
+    """One decode measurement: TPOT at a batch size and a context length."""
+
+    context_tokens: PositiveInt = Field(description="Tokens in context per sequence (input + generated).")
+    batch_size: PositiveInt = Field(description="Sequences decoded concurrently on the instance.")
+    tpot_ms: PositiveFloat = Field(description="Time per output token, milliseconds.")
+
+
+class Parallelism(FrozenModel):
+    """Parallelism of one instance."""
+
+    tensor: PositiveInt = 1
+    pipeline: PositiveInt = 1
+    data: PositiveInt = 1
+    expert: PositiveInt = 1
+
+
+class PrefillCurve(FrozenModel):
+    """Prefill capability of one instance as a function of input length."""
+
+    points: tuple[PrefillPoint, ...] = Field(min_length=1)
+
+    @field_validator("points")
+    @classmethod
+    def _sorted_unique(cls, points: tuple[PrefillPoint, ...]) -> tuple[PrefillPoint, ...]:
+        lengths = [p.input_tokens for p in points]
+        for index in range(1, len(lengths)):
+            if lengths[index] <= lengths[index - 1]:
+                raise ValueError(
+                    f"points[{index}].inputTokens={lengths[index]} is not greater than "
+                    f"points[{index - 1}].inputTokens={lengths[index - 1]}: "
+                    "points must be sorted by strictly increasing inputTokens"
+                )
+        return points
+
+    _sat_fit: PolynomialTimeFit | None = PrivateAttr(default=None)
+    _zero_fit: PolynomialTimeFit | None = PrivateAttr(default=None)
+
+    def model_post_init(self, context: Any, /) -> None:
+        lengths = np.array([p.input_tokens for p in self.points], dtype=np.float64)
+        t_sat = lengths / np.array([p.max_throughput_tokens_per_s for p in self.points])
+        t_zero = np.array(
+            [
+                (p.zero_load_latency_ms / 1000.0)
+                if p.zero_load_latency_ms is not None
+                else p.input_tokens / p.max_throughput_tokens_per_s
+                for p in self.points
+            ]
+        )
+        degree = 2 if len(self.points) >= 3 else 1
+        if len(self.points) == 1:
+            # One point: time proportional to length through the origin.
+            self._sat_fit = PolynomialTimeFit((0.0, float(t_sat[0] / lengths[0])), 0.0)
+            self._zero_fit = PolynomialTimeFit((0.0, float(t_zero[0] / lengths[0])), 0.0)
+        else:
+            self._sat_fit = fit_nonnegative_polynomial(lengths, t_sat, degree)
+            self._zero_fit = fit_nonnegative_polynomial(lengths, t_zero, degree)
+
+    def service_time_s(self, input_tokens: FloatArray | float) -> FloatArray:
+        r"""Saturated service time :math:`S(L) = L / P_{max}(L)` in seconds (capacity used)."""
+        assert self._sat_fit is not None
+        return self._sat_fit(input_tokens)
+
+    def zero_load_latency_s(self, input_tokens: FloatArray | float) -> FloatArray:
+        """Prefill latency of a request alone on the instance, seconds (never below S(L))."""
+        assert self._zero_fit is not None
+        return np.maximum(self._zero_fit(input_tokens), self.service_time_s(input_tokens))
+
+    def max_throughput_tokens_per_s(self, input_tokens: FloatArray | float) -> FloatArray:
+        """Fitted maximum prefill throughput :math:`P_{max}(L) = L / S(L)`."""
+        lengths = np.asarray(input_tokens, dtype=np.float64)
+        return lengths / self.service_time_s(lengths)
+
+    def fit_report(self) -> dict[str, float]:
+        """Largest absolute residuals of the fits, milliseconds."""
+        assert self._sat_fit is not None and self._zero_fit is not None
+        return {
+            "service_time_max_residual_ms": 1000.0 * self._sat_fit.max_abs_residual,
+            "zero_load_latency_max_residual_ms": 1000.0 * self._zero_fit.max_abs_residual,
+        }
+
+
+class DecodeCurve(FrozenModel):
+    """Decode capability of one instance: TPOT against batch size and context length."""
+
+    points: tuple[DecodePoint, ...] = Field(min_length=2)
+    kv_cache_capacity_tokens: PositiveInt | None = Field(
+        default=None, description="KV-cache capacity of one instance, tokens."
+    )
+    max_batch_size: PositiveInt | None = Field(
+        default=None,
+        description="Largest batch the engine runs (e.g. vLLM max_num_seqs). Defaults to the "
+        "largest measured batch: TPOT is never extrapolated beyond the measurements.",
+    )
+
+    @field_validator("points")
+    @classmethod
+    def _sorted(cls, points: tuple[DecodePoint, ...]) -> tuple[DecodePoint, ...]:
+        keys = [(p.context_tokens, p.batch_size) for p in points]
+        for index in range(1, len(keys)):
+            if keys[index] <= keys[index - 1]:
+                raise ValueError(
+                    f"points[{index}] (contextTokens={keys[index][0]}, batchSize={keys[index][1]}) "
+                    f"does not come after points[{index - 1}] (contextTokens={keys[index - 1][0]}, "
+                    f"batchSize={keys[index - 1][1]}): points must be sorted by contextTokens, "
+                    "then strictly increasing batchSize"
+                )
+        return points
+
+    _contexts: FloatArray = PrivateAttr(default_factory=lambda: np.zeros(0))
+    _rows: list[tuple[FloatArray, FloatArray]] = PrivateAttr(default_factory=list)
+    _max_residual_ms: float = PrivateAttr(default=0.0)
+
+    def model_post_init(self, context: Any, /) -> None:
+        contexts = sorted({p.context_tokens for p in self.points})
+        rows: list[tuple[FloatArray, FloatArray]] = []
+        residual = 0.0
+        for ctx in contexts:
+            row = [p for p in self.points if p.context_tokens == ctx]
+            batches = np.array([p.batch_size for p in row], dtype=np.float64)
+            tpot = np.array([p.tpot_ms for p in row], dtype=np.float64)
+            fitted = isotonic_increasing(tpot)
+            residual = max(residual, float(np.max(np.abs(fitted - tpot))))
+            rows.append((batches, fitted))
+        self._contexts = np.array(contexts, dtype=np.float64)
+        self._rows = rows
+        self._max_residual_ms = residual
+
+    @model_validator(mode="after")
+    def _enough_batches(self) -> DecodeCurve:
+        counts: dict[int, int] = {}
+        for p in self.points:
+            counts[p.context_tokens] = counts.get(p.context_tokens, 0) + 1
+        if max(counts.values()) < 2:
+            raise ValueError(
+                "points: every contextTokens has a single batchSize; at least two batch sizes "
+                "at one context length are needed to fit TPOT against batch"
+            )
+        return self
+
+    @property
+    def measured_max_batch(self) -> int:
+        return max(p.batch_size for p in self.points)
+
+    @property
+    def batch_limit(self) -> int:
+        """Largest batch the planner may use: the engine limit, else the largest measured."""
+        return self.max_batch_size or self.measured_max_batch
+
+    def tpot_ms(self, batch_size: FloatArray | float, context_tokens: float) -> FloatArray:
+        """Fitted TPOT in ms at ``batch_size`` sequences of ``context_tokens`` tokens each.
+
+        Within a context row: non-decreasing piecewise-linear in batch (clamped below the first
+        measured batch, continued along the last slope above the last one). Across rows: linear
+        in context and non-decreasing; clamped below the smallest measured context, continued
+        along the last two rows' slope above the largest one.
+        """
+        batches = np.asarray(batch_size, dtype=np.float64)
+        values = np.stack([interp_clamped(batches, b, t) for b, t in self._rows], axis=0)
+        values = np.maximum.accumulate(values, axis=0)
+        if len(self._rows) == 1:
+            return np.asarray(values[0], dtype=np.float64)
+        ctx = self._contexts
+        position = float(context_tokens)
+        if position <= ctx[0]:
+            return np.asarray(values[0], dtype=np.float64)
+        upper = int(np.searchsorted(ctx, position))
+        upper = min(max(upper, 1), len(ctx) - 1)
+        weight = (position - ctx[upper - 1]) / (ctx[upper] - ctx[upper - 1])
+        out = values[upper - 1] + weight * (values[upper] - values[upper - 1])
+        return np.asarray(np.maximum(out, values[upper - 1]), dtype=np.float64)
+
+    def fit_report(self) -> dict[str, float]:
+        return {"tpot_max_residual_ms": self._max_residual_ms}
+
+
+class InstanceProfile(FrozenModel):
+    """One instance of one role in one parallelism configuration on one GPU type."""
+
+    name: str = Field(min_length=1, description="Configuration name, unique per role (e.g. h200-tp2).")
+    role: Literal["prefill", "decode"]
+    gpu_type: str = Field(min_length=1, description="GPU type, matched against GPU prices.")
+    gpus_per_instance: PositiveInt
+    parallelism: Parallelism = Parallelism()
+    prefill: PrefillCurve | None = None
+    decode: DecodeCurve | None = None
+
+    @model_validator(mode="after")
+    def _curve_matches_role(self) -> InstanceProfile:
+        if self.role == "prefill" and self.prefill is None:
+            raise ValueError(f"instance {self.name!r} has role prefill but no prefill curve")
+        if self.role == "decode" and self.decode is None:
+            raise ValueError(f"instance {self.name!r} has role decode but no decode curve")
+        return self
+
+    @property
+    def key(self) -> str:
+        return f"{self.role}/{self.name}"
+
+
+class ProfileMetadata(FrozenModel):
+    """Where a profile came from."""
+
+    model: str = "unknown"
+    engine: str = "unknown"
+    engine_version: str = "unknown"
+    hardware: str = "unknown"
+    source: str = ""
+    date: str = ""
+    notes: str = ""
+
+
+class ProfileSet(FrozenModel):
+    """A set of instance profiles (several parallelism configs and GPU types per role)."""
+
+    api_version: Literal["pdscaler.io/v1alpha1"] = PROFILE_API_VERSION
+    kind: Literal["ProfileSet"] = PROFILE_KIND
+    metadata: ProfileMetadata = ProfileMetadata()
+    instances: tuple[InstanceProfile, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_and_complete(self) -> ProfileSet:
+        seen: set[str] = set()
+        for instance in self.instances:
+            if instance.key in seen:
+                raise ValueError(f"instances: duplicate {instance.key}")
+            seen.add(instance.key)
+        roles = {i.role for i in self.instances}
+        for role in ("prefill", "decode"):
+            if role not in roles:
+                raise ValueError(f"instances: no {role} instance profile")
+        return self
+
+    def for_role(self, role: Literal["prefill", "decode"]) -> tuple[InstanceProfile, ...]:
+        return tuple(i for i in self.instances if i.role == role)
+
+    def select(self, role: Literal["prefill", "decode"], names: tuple[str, ...] | None) -> tuple[
+        InstanceProfile, ...
+    ]:
+        """The role's instances, restricted to ``names`` when given (unknown names refused)."""
+        options = self.for_role(role)
+        if not names:
+            return options
+        known = {i.name for i in options}
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ValueError(
+                f"{role} config(s) {unknown} not in the profile; known: {sorted(known)}"
+            )
+        return tuple(i for i in options if i.name in names)
+
+    def to_document(self) -> dict[str, Any]:
+        """The on-disk document (camelCase keys, no defaults omitted that matter)."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def finite_positive(name: str, value: float) -> float:
+    """Return ``value`` if finite and > 0, else raise naming ``name`` and the value."""
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name}={value!r} must be a finite number > 0")
+    return value

@@ -1,0 +1,267 @@
+"""Workload and SLO inputs: arrival rate, length distributions, latency targets, traces."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+from pydantic import Field, field_validator, model_validator
+
+from planner.fitting import FloatArray
+from planner.profile import FrozenModel
+
+DEFAULT_DISTRIBUTION_POINTS = 64
+
+
+class LengthDistribution(FrozenModel):
+    """A token-length distribution as weighted support points.
+
+    Built from a constant, from raw samples (compressed to at most ``points`` quantile bins so
+    that planning stays fast on large traces), or given explicitly.
+
+    Examples
+    --------
+    >>> LengthDistribution.constant(6144).mean
+    6144.0
+    >>> d = LengthDistribution.from_samples([100, 200, 300, 400])
+    >>> d.mean, d.quantile(1.0)
+    (250.0, 400.0)
+    """
+
+    values: tuple[float, ...] = Field(min_length=1, description="Support points, tokens.")
+    weights: tuple[float, ...] = Field(min_length=1, description="Probabilities, summing to 1.")
+
+    @field_validator("values")
+    @classmethod
+    def _positive(cls, values: tuple[float, ...]) -> tuple[float, ...]:
+        for index, value in enumerate(values):
+            if not math.isfinite(value) or value <= 0:
+                raise ValueError(f"values[{index}]={value!r} must be a finite token count > 0")
+        return values
+
+    @model_validator(mode="after")
+    def _weights_match(self) -> LengthDistribution:
+        if len(self.weights) != len(self.values):
+            raise ValueError(
+                f"weights has {len(self.weights)} entries but values has {len(self.values)}"
+            )
+        for index, weight in enumerate(self.weights):
+            if not math.isfinite(weight) or weight < 0:
+                raise ValueError(f"weights[{index}]={weight!r} must be finite and >= 0")
+        total = sum(self.weights)
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"weights sum to {total!r}, not 1")
+        return self
+
+    @classmethod
+    def constant(cls, tokens: float) -> LengthDistribution:
+        return cls(values=(float(tokens),), weights=(1.0,))
+
+    @classmethod
+    def from_samples(
+        cls, samples: Any, points: int = DEFAULT_DISTRIBUTION_POINTS
+    ) -> LengthDistribution:
+        """Compress samples to at most ``points`` equal-probability bins (bin means kept).
+
+        The mean is preserved exactly; higher moments approximately.
+        """
+        data = np.sort(np.asarray(samples, dtype=np.float64).ravel())
+        if data.size == 0:
+            raise ValueError("samples: empty; at least one length is needed")
+        bad = ~np.isfinite(data) | (data <= 0)
+        if bad.any():
+            raise ValueError(f"samples: value {data[bad][0]!r} is not a finite token count > 0")
+        if data.size <= points:
+            unique, counts = np.unique(data, return_counts=True)
+            return cls(
+                values=tuple(unique.tolist()), weights=tuple((counts / data.size).tolist())
+            )
+        chunks = np.array_split(data, points)
+        return cls(
+            values=tuple(float(c.mean()) for c in chunks),
+            weights=tuple(c.size / data.size for c in chunks),
+        )
+
+    @property
+    def array(self) -> FloatArray:
+        return np.asarray(self.values, dtype=np.float64)
+
+    @property
+    def probabilities(self) -> FloatArray:
+        return np.asarray(self.weights, dtype=np.float64)
+
+    @property
+    def mean(self) -> float:
+        return float(np.dot(self.array, self.probabilities))
+
+    def expect(self, values: FloatArray) -> float:
+        """Expectation of per-point ``values`` under the distribution."""
+        return float(np.dot(np.asarray(values, dtype=np.float64), self.probabilities))
+
+    def quantile(self, percentile: float) -> float:
+        order = np.argsort(self.array)
+        cumulative = np.cumsum(self.probabilities[order])
+        index = int(np.searchsorted(cumulative, percentile - 1e-12))
+        return float(self.array[order][min(index, len(self.values) - 1)])
+
+
+class Workload(FrozenModel):
+    """Offered load: Poisson arrivals with given input and output length distributions."""
+
+    rate_per_s: float = Field(gt=0, description="Request arrival rate, requests per second.")
+    input_tokens: LengthDistribution
+    output_tokens: LengthDistribution
+    decode_context_tokens: float | None = Field(
+        default=None,
+        gt=0,
+        description="Mean context per decoding sequence, weighted by time in decode. Defaults to "
+        "E[L_in] + E[L_out]/2 (context grows by one token per step).",
+    )
+
+    @classmethod
+    def from_means(
+        cls, rate_per_s: float, input_tokens: float, output_tokens: float
+    ) -> Workload:
+        return cls(
+            rate_per_s=rate_per_s,
+            input_tokens=LengthDistribution.constant(input_tokens),
+            output_tokens=LengthDistribution.constant(output_tokens),
+        )
+
+    @classmethod
+    def from_tokens_per_min(
+        cls, total_tokens_per_min: float, input_tokens: float, output_tokens: float
+    ) -> Workload:
+        """The paper's load unit: total (input + output) tokens per minute.
+
+        ``rate = total / 60 / (L_in + L_out)``.
+
+        Examples
+        --------
+        >>> round(Workload.from_tokens_per_min(5e6, 6144, 512).rate_per_s, 4)
+        12.52
+        """
+        rate = total_tokens_per_min / 60.0 / (input_tokens + output_tokens)
+        return cls.from_means(rate, input_tokens, output_tokens)
+
+    @property
+    def mean_decode_context_tokens(self) -> float:
+        if self.decode_context_tokens is not None:
+            return self.decode_context_tokens
+        return self.input_tokens.mean + self.output_tokens.mean / 2.0
+
+    def with_rate(self, rate_per_s: float) -> Workload:
+        return self.model_copy(update={"rate_per_s": rate_per_s})
+
+
+class SLO(FrozenModel):
+    """Latency targets. A percentile of ``None`` means the target applies to the mean."""
+
+    ttft_s: float = Field(gt=0, description="Time-to-first-token target, seconds.")
+    ttft_percentile: float | None = Field(
+        default=None, gt=0, lt=1, description="e.g. 0.9 for p90; None for the mean."
+    )
+    tpot_ms: float = Field(gt=0, description="Time-per-output-token target, milliseconds.")
+    tpot_percentile: float | None = Field(default=None, gt=0, lt=1)
+
+    def describe(self) -> str:
+        def tag(p: float | None) -> str:
+            return "mean" if p is None else f"p{100 * p:g}"
+
+        return (
+            f"TTFT {tag(self.ttft_percentile)} <= {self.ttft_s:g} s, "
+            f"TPOT {tag(self.tpot_percentile)} <= {self.tpot_ms:g} ms"
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class Trace:
+    """A request trace: arrival offsets (s, from the first request) and token lengths."""
+
+    arrival_s: FloatArray
+    input_tokens: FloatArray
+    output_tokens: FloatArray
+
+    @property
+    def duration_s(self) -> float:
+        return float(self.arrival_s[-1] - self.arrival_s[0]) if self.arrival_s.size > 1 else 0.0
+
+    @property
+    def rate_per_s(self) -> float:
+        span = self.duration_s
+        return (self.arrival_s.size - 1) / span if span > 0 else math.nan
+
+    def workload(self, rate_per_s: float | None = None) -> Workload:
+        """Poisson workload with this trace's length distributions and mean rate (or ``rate``).
+
+        The decode context is the time-weighted mean E[L_out (L_in + L_out/2)] / E[L_out] over the
+        trace's joint lengths.
+        """
+        weights = self.output_tokens
+        context = float(
+            np.sum(weights * (self.input_tokens + self.output_tokens / 2.0)) / np.sum(weights)
+        )
+        return Workload(
+            rate_per_s=rate_per_s if rate_per_s is not None else self.rate_per_s,
+            input_tokens=LengthDistribution.from_samples(self.input_tokens),
+            output_tokens=LengthDistribution.from_samples(self.output_tokens),
+            decode_context_tokens=context,
+        )
+
+
+def parse_trace_csv(text: str, source: str = "trace") -> Trace:
+    """Parse a trace in the Azure LLM inference format.
+
+    Columns ``TIMESTAMP`` (wall clock, e.g. ``2023-11-16 18:15:46.6805900``), ``ContextTokens``
+    and ``GeneratedTokens``. Rows are sorted by time; lengths must be positive integers.
+
+    Examples
+    --------
+    >>> t = parse_trace_csv("TIMESTAMP,ContextTokens,GeneratedTokens\\n"
+    ...                     "2023-11-16 18:15:46.0,100,10\\n2023-11-16 18:15:48.0,300,30\\n")
+    >>> t.duration_s, t.rate_per_s
+    (2.0, 0.5)
+    """
+    reader = csv.DictReader(io.StringIO(text))
+    required = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
+    missing = [c for c in required if c not in (reader.fieldnames or [])]
+    if missing:
+        raise ValueError(f"{source}: missing column(s) {missing}; have {reader.fieldnames}")
+    stamps: list[float] = []
+    inputs: list[float] = []
+    outputs: list[float] = []
+    for line, row in enumerate(reader, start=2):
+        raw = row["TIMESTAMP"].strip()
+        try:
+            head, _, fraction = raw.partition(".")
+            moment = datetime.strptime(head, "%Y-%m-%d %H:%M:%S")
+            seconds = moment.timestamp() + (float("0." + fraction) if fraction else 0.0)
+        except ValueError:
+            raise ValueError(f"{source} line {line}: TIMESTAMP={raw!r} is not a timestamp") from None
+        for column, bucket, minimum in (
+            ("ContextTokens", inputs, 1), ("GeneratedTokens", outputs, 1),
+        ):
+            try:
+                value = int(row[column])
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"{source} line {line}: {column}={row[column]!r} is not an integer"
+                ) from None
+            if value < minimum:
+                raise ValueError(f"{source} line {line}: {column}={value} must be >= {minimum}")
+            bucket.append(float(value))
+        stamps.append(seconds)
+    if not stamps:
+        raise ValueError(f"{source}: no rows")
+    order = np.argsort(np.asarray(stamps), kind="stable")
+    arrival = np.asarray(stamps)[order]
+    return Trace(
+        arrival_s=arrival - arrival[0],
+        input_tokens=np.asarray(inputs)[order],
+        output_tokens=np.asarray(outputs)[order],
+    )
