@@ -1,0 +1,51 @@
+# pdscaler developer entry points. `make plan` and `make test` work on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: plan test venv components lint test-unit test-integration test-e2e bench crd clean
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/activate
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+## Main job: plan the embedded default (the paper's worked example).
+plan: venv
+	$(BIN)/pdscaler plan
+
+## Real components for the integration and end-to-end tiers (cached outside the repository).
+components:
+	bash scripts/install-prometheus.sh
+	bash scripts/install-kube.sh
+	bash scripts/install-vllm.sh
+
+lint: venv
+	$(BIN)/ruff check operator planner tests benchmarks
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+test-unit: venv
+	$(BIN)/python -m pytest -q tests/unit --doctest-modules planner $(PYTEST_ARGS)
+
+test-integration: venv components
+	$(BIN)/python -m pytest -q tests/integration -m "integration and not e2e" $(PYTEST_ARGS)
+
+test-e2e: venv components
+	$(BIN)/python -m pytest -q tests -m e2e $(PYTEST_ARGS)
+
+## The whole suite: lint, type checks, import contract, all test tiers.
+test: venv components lint
+	$(BIN)/python -m pytest -q tests --doctest-modules planner $(PYTEST_ARGS)
+
+bench: venv
+	$(BIN)/python benchmarks/plan_speed.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,0 +1,7 @@
+"""``python -m pdscaler``: the command line."""
+
+import sys
+
+from pdscaler.cli import main
+
+sys.exit(main())

@@ -1,0 +1,85 @@
+"""Reading planner inputs from files: profiles (ours, Dynamo, aiconfigurator) and traces.
+
+The planner takes file *contents*; this module does the file I/O and picks the importer.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from planner import (
+    ProfileFormatError,
+    ProfileSet,
+    Trace,
+    import_aiconfigurator_csv,
+    import_dynamo_npz,
+    merge_profile_sets,
+    parse_profile_document,
+    parse_trace_csv,
+)
+from planner.paper import paper_profiles
+
+_GPU_IN_NAME = re.compile(r"(?:^|_)(h100|h200|h20|b200|gb200|a100|l40s|l4|a10g|mi300x)(?:_|$)", re.I)
+
+
+def load_profile(spec: str, gpu_type: str | None = None) -> ProfileSet:
+    """Load one profile source.
+
+    ``spec`` is ``paper`` (the embedded paper tables), a YAML/JSON file in our format, a folder
+    holding Dynamo's ``prefill.npz`` and ``decode.npz``, or a folder holding aiconfigurator's
+    ``prefill.csv`` and ``decode.csv`` (the GPU type is taken from ``gpu_type`` or the folder
+    name, e.g. ``aiconfigurator_h200_qwen3-32b_vllm``).
+    """
+    if spec == "paper":
+        return paper_profiles()
+    path = Path(spec)
+    if not path.exists():
+        raise ProfileFormatError(f"profile {spec!r}: no such file or folder")
+    if path.is_file():
+        try:
+            return parse_profile_document(path.read_text())
+        except ProfileFormatError as exc:
+            raise ProfileFormatError(f"profile {spec}: {exc}") from None
+    if (path / "prefill.npz").exists() and (path / "decode.npz").exists():
+        try:
+            return import_dynamo_npz(
+                (path / "prefill.npz").read_bytes(), (path / "decode.npz").read_bytes()
+            )
+        except (ProfileFormatError, ValueError) as exc:
+            raise ProfileFormatError(f"profile {spec}: {exc}") from None
+    if (path / "prefill.csv").exists() and (path / "decode.csv").exists():
+        gpu = gpu_type
+        if gpu is None:
+            match = _GPU_IN_NAME.search(path.name)
+            if match is None:
+                raise ProfileFormatError(
+                    f"profile {spec}: cannot tell the GPU type from the folder name; "
+                    "pass --gpu-type"
+                )
+            gpu = match.group(1).lower()
+        model = path.name.split("_")[2] if path.name.count("_") >= 3 else "unknown"
+        try:
+            return import_aiconfigurator_csv(
+                (path / "prefill.csv").read_text(), (path / "decode.csv").read_text(), gpu, model
+            )
+        except ProfileFormatError as exc:
+            raise ProfileFormatError(f"profile {spec}: {exc}") from None
+    raise ProfileFormatError(
+        f"profile {spec}: folder holds neither prefill.npz/decode.npz (Dynamo) nor "
+        "prefill.csv/decode.csv (aiconfigurator)"
+    )
+
+
+def load_profiles(specs: list[str], gpu_type: str | None = None) -> ProfileSet:
+    """Load and merge several profile sources (e.g. one per GPU type)."""
+    sets = [load_profile(spec, gpu_type) for spec in specs]
+    return sets[0] if len(sets) == 1 else merge_profile_sets(*sets)
+
+
+def load_trace(path: str) -> Trace:
+    """Read a trace CSV (Azure LLM inference format)."""
+    file = Path(path)
+    if not file.is_file():
+        raise ValueError(f"trace {path!r}: no such file")
+    return parse_trace_csv(file.read_text(), source=str(file.name))
