@@ -285,28 +285,11 @@ def paper_decode_throughput_tokens_per_s(
 def _mean_batch(
     curve: DecodeCurve, tokens_per_s_per_instance: float, context_tokens: float
 ) -> tuple[float, float]:
-    """Solve the Little's-law fixed point B = r * TPOT(B)/1000 per instance.
-
-    ``r`` is the output-token rate per instance. Returns (B, TPOT(B) ms); B is infinite when
-    the instance cannot keep up at any batch within its limit.
-    """
-    limit = float(curve.batch_limit)
-    batch = max(tokens_per_s_per_instance * float(curve.tpot_ms(1.0, context_tokens)) / 1000.0, 1e-9)
-    for _ in range(200):
-        tpot = float(curve.tpot_ms(max(batch, 1.0), context_tokens))
-        updated = tokens_per_s_per_instance * tpot / 1000.0
-        if updated > 4 * limit:
-            return math.inf, math.inf
-        if abs(updated - batch) <= 1e-9 * max(1.0, batch):
-            batch = updated
-            break
-        batch = updated
-    else:
-        # Did not settle: the throughput curve is flat here; check the last iterate's growth.
-        tpot = float(curve.tpot_ms(max(batch, 1.0), context_tokens))
-        if tokens_per_s_per_instance * tpot / 1000.0 > batch * (1 + 1e-6):
-            return math.inf, math.inf
-    return batch, float(curve.tpot_ms(max(batch, 1.0), context_tokens))
+    """Little's-law mean batch per instance and the TPOT (ms) there; (inf, inf) if overloaded."""
+    batch = curve.littles_batch(tokens_per_s_per_instance, context_tokens)
+    if not math.isfinite(batch) or batch > 4 * curve.batch_limit:
+        return math.inf, math.inf
+    return batch, curve.tpot_ms_scalar(max(batch, 1.0), context_tokens)
 
 
 def predict_decode(
@@ -360,7 +343,7 @@ def predict_decode(
             batch_p = 1.0 + math.ceil(pooled / replicas)
         else:
             batch_p = 1.0 + float(poisson.ppf(percentile, batch))
-        tpot = float(curve.tpot_ms(batch_p, context))
+        tpot = curve.tpot_ms_scalar(batch_p, context)
     limit: str | None = None
     if batch_p > curve.batch_limit:
         limit = "batch_limit"

@@ -18,6 +18,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import Field, model_validator
 
 from planner.models import (
@@ -234,6 +235,37 @@ def _describe_ttft(pred: PrefillPrediction) -> str:
     )
 
 
+def _no_queue_ttft_s(
+    request: PlanRequest, instance: InstanceProfile, first_decode_step_s: float
+) -> float:
+    """TTFT with no queueing (infinitely many replicas): the own-time quantile plus overheads.
+
+    Exponential-service models (paper, mm1, mmc) take the own time as exponential with the mean
+    service time, so their floor is that exponential's quantile.
+    """
+    assert instance.prefill is not None
+    workload, slo, budget = request.workload, request.slo, request.ttft_budget
+    fixed_s = budget.fixed_s(first_decode_step_s)
+    percentile = slo.ttft_percentile
+    if request.models.prefill in ("paper", "mm1", "mmc"):
+        mean_s, _ = prefill_service_moments(instance.prefill, workload)
+        if percentile is None or request.models.prefill == "paper":
+            return mean_s + fixed_s
+        return -math.log1p(-percentile) * mean_s + fixed_s
+    lengths = workload.input_tokens.array
+    own = (
+        instance.prefill.zero_load_latency_s(lengths)
+        + budget.kv_transfer_s_per_token * lengths
+    )
+    weights = workload.input_tokens.probabilities
+    if percentile is None:
+        return float(np.dot(own, weights)) + fixed_s
+    order = np.argsort(own)
+    cumulative = np.cumsum(weights[order])
+    index = min(int(np.searchsorted(cumulative, percentile - 1e-12)), own.size - 1)
+    return float(own[order][index]) + fixed_s
+
+
 def plan_prefill(
     request: PlanRequest, instance: InstanceProfile, first_decode_step_s: float = 0.0
 ) -> RolePlan:
@@ -252,10 +284,7 @@ def plan_prefill(
     fractional: float | None = None
     infeasible_reason: str | None = None
     # The least TTFT any replica count can give: no queueing at all.
-    floor_pred = predict_prefill(
-        "mgc" if model in ("mg1", "mgc") else "mmc", instance, MAX_SEARCH_REPLICAS,
-        workload, slo, budget, first_decode_step_s,
-    )
+    floor_ttft_s = _no_queue_ttft_s(request, instance, first_decode_step_s)
     if model == "paper":
         throughput = paper_prefill_throughput_tokens_per_s(instance, workload, slo, budget)
         length = workload.input_tokens.mean
@@ -269,7 +298,7 @@ def plan_prefill(
         else:
             fractional = workload.rate_per_s * length / throughput
             needed: int | None = max(request.rounding.apply(fractional), 1)
-    elif slo.ttft_s <= floor_pred.ttft_s + 1e-12:
+    elif slo.ttft_s <= floor_ttft_s + 1e-12:
         tag = "mean" if slo.ttft_percentile is None else f"p{100 * slo.ttft_percentile:g}"
         length = (
             workload.input_tokens.mean
@@ -278,9 +307,9 @@ def plan_prefill(
         )
         zero = float(instance.prefill.zero_load_latency_s(length))
         infeasible_reason = (
-            f"TTFT {tag} {slo.ttft_s:g} s is not above the zero-load TTFT {floor_pred.ttft_s:.3f} s "
+            f"TTFT {tag} {slo.ttft_s:g} s is not above the zero-load TTFT {floor_ttft_s:.3f} s "
             f"(prefill {zero:.3f} s at {length:.0f} input tokens + overhead "
-            f"{floor_pred.overhead_mean_s:.3f} s) on {instance.key}"
+            f"{floor_ttft_s - zero:.3f} s) on {instance.key}"
         )
     if infeasible_reason is None and model != "paper":
         start = max(math.floor(fluid) + 1, bounds.min_replicas, 1)
@@ -326,7 +355,12 @@ def plan_decode(request: PlanRequest, instance: InstanceProfile) -> RolePlan:
     if curve.kv_cache_capacity_tokens is not None:
         limit_batch = min(limit_batch, request.kv_usage_limit * curve.kv_cache_capacity_tokens / context)
     limit_batch = max(limit_batch, 1.0)
-    best_throughput = limit_batch * 1000.0 / float(curve.tpot_ms(limit_batch, context))
+    breakpoints, _, _ = curve.row(context)
+    candidates = np.unique(np.concatenate([
+        np.linspace(1.0, limit_batch, 64),
+        [b for b in breakpoints if b <= limit_batch],
+    ]))
+    best_throughput = float(np.max(candidates * 1000.0 / curve.tpot_ms(candidates, context)))
     fluid = out_rate / best_throughput
 
     def predict(n: int) -> DecodePrediction:

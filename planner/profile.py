@@ -26,6 +26,7 @@ Measured curves are noisy and not monotone, so they are fitted before use:
 
 from __future__ import annotations
 
+import bisect
 import math
 from typing import Annotated, Any, Literal
 
@@ -201,8 +202,13 @@ class DecodeCurve(FrozenModel):
         return points
 
     _contexts: FloatArray = PrivateAttr(default_factory=lambda: np.zeros(0))
-    _rows: list[tuple[FloatArray, FloatArray]] = PrivateAttr(default_factory=list)
+    _batches: FloatArray = PrivateAttr(default_factory=lambda: np.zeros(0))
+    _grid: FloatArray = PrivateAttr(default_factory=lambda: np.zeros((0, 0)))
+    _slopes: FloatArray = PrivateAttr(default_factory=lambda: np.zeros(0))
     _max_residual_ms: float = PrivateAttr(default=0.0)
+    _row_cache: dict[float, tuple[list[float], list[float], float]] = PrivateAttr(
+        default_factory=dict
+    )
 
     def model_post_init(self, context: Any, /) -> None:
         contexts = sorted({p.context_tokens for p in self.points})
@@ -215,8 +221,21 @@ class DecodeCurve(FrozenModel):
             fitted = isotonic_increasing(tpot)
             residual = max(residual, float(np.max(np.abs(fitted - tpot))))
             rows.append((batches, fitted))
+        # One batch grid for all rows (the union of measured batches); each row is evaluated
+        # on it (clamped below its first batch, continued along its last slope above its last),
+        # then made non-decreasing across contexts. Bilinear interpolation of this grid is
+        # non-decreasing in batch and in context.
+        grid_batches = np.unique(np.concatenate([b for b, _ in rows]))
+        grid = np.stack([interp_clamped(grid_batches, b, t) for b, t in rows], axis=0)
+        grid = np.maximum.accumulate(grid, axis=0)
+        if grid_batches.size >= 2:
+            slopes = np.maximum((grid[:, -1] - grid[:, -2]) / (grid_batches[-1] - grid_batches[-2]), 0)
+        else:
+            slopes = np.zeros(len(rows))
         self._contexts = np.array(contexts, dtype=np.float64)
-        self._rows = rows
+        self._batches = grid_batches
+        self._grid = grid
+        self._slopes = np.maximum.accumulate(slopes)
         self._max_residual_ms = residual
 
     @model_validator(mode="after")
@@ -240,28 +259,94 @@ class DecodeCurve(FrozenModel):
         """Largest batch the planner may use: the engine limit, else the largest measured."""
         return self.max_batch_size or self.measured_max_batch
 
+    def row(self, context_tokens: float) -> tuple[list[float], list[float], float]:
+        """The TPOT-vs-batch curve at one context: breakpoints, TPOT values (ms), final slope.
+
+        Linear in context between measured contexts, clamped below the smallest, continued
+        along the last two contexts' difference above the largest (never decreasing).
+        Cached per context value.
+        """
+        key = float(context_tokens)
+        cached = self._row_cache.get(key)
+        if cached is not None:
+            return cached
+        ctx = self._contexts
+        if ctx.size == 1 or key <= ctx[0]:
+            values, slope = self._grid[0], float(self._slopes[0])
+        else:
+            upper = min(max(int(np.searchsorted(ctx, key)), 1), ctx.size - 1)
+            weight = (key - ctx[upper - 1]) / (ctx[upper] - ctx[upper - 1])
+            low, high = self._grid[upper - 1], self._grid[upper]
+            values = np.maximum(low + weight * (high - low), low)
+            slope_low, slope_high = float(self._slopes[upper - 1]), float(self._slopes[upper])
+            slope = max(slope_low + weight * (slope_high - slope_low), slope_low)
+        result = (self._batches.tolist(), [float(v) for v in values], slope)
+        if len(self._row_cache) < 4096:
+            self._row_cache[key] = result
+        return result
+
     def tpot_ms(self, batch_size: FloatArray | float, context_tokens: float) -> FloatArray:
         """Fitted TPOT in ms at ``batch_size`` sequences of ``context_tokens`` tokens each.
 
-        Within a context row: non-decreasing piecewise-linear in batch (clamped below the first
-        measured batch, continued along the last slope above the last one). Across rows: linear
-        in context and non-decreasing; clamped below the smallest measured context, continued
-        along the last two rows' slope above the largest one.
+        Non-decreasing in batch (clamped below the first measured batch, continued along the last
+        slope above the last one) and in context (see :meth:`row`).
         """
-        batches = np.asarray(batch_size, dtype=np.float64)
-        values = np.stack([interp_clamped(batches, b, t) for b, t in self._rows], axis=0)
-        values = np.maximum.accumulate(values, axis=0)
-        if len(self._rows) == 1:
-            return np.asarray(values[0], dtype=np.float64)
-        ctx = self._contexts
-        position = float(context_tokens)
-        if position <= ctx[0]:
-            return np.asarray(values[0], dtype=np.float64)
-        upper = int(np.searchsorted(ctx, position))
-        upper = min(max(upper, 1), len(ctx) - 1)
-        weight = (position - ctx[upper - 1]) / (ctx[upper] - ctx[upper - 1])
-        out = values[upper - 1] + weight * (values[upper] - values[upper - 1])
-        return np.asarray(np.maximum(out, values[upper - 1]), dtype=np.float64)
+        batches, values, slope = self.row(context_tokens)
+        xs = np.asarray(batch_size, dtype=np.float64)
+        out = np.interp(xs, batches, values)
+        beyond = xs > batches[-1]
+        out = np.where(beyond, values[-1] + slope * (xs - batches[-1]), out)
+        return np.asarray(out, dtype=np.float64)
+
+    def tpot_ms_scalar(self, batch_size: float, context_tokens: float) -> float:
+        """:meth:`tpot_ms` for one batch size, without numpy overhead."""
+        batches, values, slope = self.row(context_tokens)
+        if batch_size >= batches[-1]:
+            return values[-1] + slope * (batch_size - batches[-1])
+        if batch_size <= batches[0]:
+            return values[0]
+        upper = bisect.bisect_right(batches, batch_size)
+        b0, b1 = batches[upper - 1], batches[upper]
+        t0, t1 = values[upper - 1], values[upper]
+        return t0 + (t1 - t0) * (batch_size - b0) / (b1 - b0)
+
+    def littles_batch(self, tokens_per_s: float, context_tokens: float) -> float:
+        r"""Smallest batch :math:`B` with :math:`B = r \cdot \mathrm{TPOT}(B) / 1000`.
+
+        With :math:`r` output tokens/s per instance, Little's law says an instance holds
+        :math:`B = r \cdot \mathrm{TPOT}(B)/1000` sequences. TPOT is piecewise linear in
+        :math:`B`, so the smallest fixed point is found exactly, segment by segment. Returns
+        ``inf`` when none exists (the instance cannot keep up at any batch).
+
+        Examples
+        --------
+        >>> c = DecodeCurve(points=[DecodePoint(context_tokens=100, batch_size=1, tpot_ms=10.0),
+        ...                         DecodePoint(context_tokens=100, batch_size=11, tpot_ms=20.0)])
+        >>> round(c.littles_batch(500.0, 100), 6)  # B = 0.5 (10 + (B - 1)) -> B = 9
+        9.0
+        """
+        batches, values, slope = self.row(context_tokens)
+        k = tokens_per_s / 1000.0
+        # Below the first breakpoint TPOT is constant.
+        candidate = k * values[0]
+        if candidate <= batches[0]:
+            return candidate
+        segments = [
+            (batches[i], batches[i + 1], values[i], (values[i + 1] - values[i]) / (batches[i + 1] - batches[i]))
+            for i in range(len(batches) - 1)
+        ]
+        segments.append((batches[-1], math.inf, values[-1], slope))
+        for b0, b1, t0, s in segments:
+            denominator = 1.0 - k * s
+            if denominator <= 0:
+                # g(B) - B is non-decreasing on this segment: a root exists only at its start.
+                if k * t0 <= b0 + 1e-12:
+                    return b0
+                continue
+            root = k * (t0 - s * b0) / denominator
+            if b0 - 1e-9 <= root <= b1 + 1e-9:
+                return max(root, b0)
+        return math.inf
 
     def fit_report(self) -> dict[str, float]:
         return {"tpot_max_residual_ms": self._max_residual_ms}
