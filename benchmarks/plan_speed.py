@@ -24,10 +24,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "operator")]
 
+from pdscaler.inputs import load_profile, load_profiles, load_trace  # noqa: E402
+
 from planner import SLO, Budget, PlanRequest, TTFTBudget, Workload, plan  # noqa: E402
 from planner.paper import paper_request  # noqa: E402
-
-from pdscaler.inputs import load_profile, load_profiles, load_trace  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 
@@ -53,15 +53,22 @@ def main() -> int:
     trace = load_trace(str(SHARED / "traces" / "azure_llm_2023_conv.csv"))
     slo = SLO(ttft_s=1.0, ttft_percentile=0.9, tpot_ms=40.0, tpot_percentile=0.99)
     dynamo = load_profile(str(SHARED / "profiles" / "dynamo_h200_llama-3.1-8b-fp8_vllm"))
-    default_one = PlanRequest(workload=trace.workload(rate_per_s=20.0), slo=slo, profiles=dynamo,
-                              ttft_budget=TTFTBudget(overhead_s=0.05))
-    merged = load_profiles([
-        str(SHARED / "profiles" / "aiconfigurator_h200_qwen3-32b_vllm"),
-        str(SHARED / "profiles" / "aiconfigurator_h100_llama-3.1-70b_vllm"),
-    ])
+    default_one = PlanRequest(
+        workload=trace.workload(rate_per_s=20.0),
+        slo=slo,
+        profiles=dynamo,
+        ttft_budget=TTFTBudget(overhead_s=0.05),
+    )
+    merged = load_profiles(
+        [
+            str(SHARED / "profiles" / "aiconfigurator_h200_qwen3-32b_vllm"),
+            str(SHARED / "profiles" / "aiconfigurator_h100_llama-3.1-70b_vllm"),
+        ]
+    )
     full = PlanRequest(
         workload=Workload.from_means(8.0, 2048, 256).model_copy(
-            update={"input_tokens": trace.workload().input_tokens}),
+            update={"input_tokens": trace.workload().input_tokens}
+        ),
         slo=SLO(ttft_s=2.0, ttft_percentile=0.9, tpot_ms=60.0, tpot_percentile=0.9),
         profiles=merged,
         gpu_prices_per_hour={"h200": 3.8, "h100": 2.9},
@@ -79,11 +86,15 @@ def main() -> int:
     print(header)
     print("-" * len(header))
     for name, r in results.items():
-        print(f"{name:40} {r['p50_ms']:9.3f} {r['p99_ms']:9.3f} {r['plans_per_s']:10.0f} "
-              f"{r['p50_ms'] / base:8.1f}")
+        print(
+            f"{name:40} {r['p50_ms']:9.3f} {r['p99_ms']:9.3f} {r['plans_per_s']:10.0f} "
+            f"{r['p50_ms'] / base:8.1f}"
+        )
     configs = len(merged.for_role("prefill")) * len(merged.for_role("decode"))
-    print(f"\nfull search: {configs} (prefill, decode) config pairs; "
-          f"goals: single plan < 1 ms, full search < 50 ms")
+    print(
+        f"\nfull search: {configs} (prefill, decode) config pairs; "
+        f"goals: single plan < 1 ms, full search < 50 ms"
+    )
     out = REPO / "results"
     out.mkdir(exist_ok=True)
     (out / "plan_speed.json").write_text(json.dumps(results, indent=2))

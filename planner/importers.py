@@ -88,7 +88,9 @@ def parse_profile_document(text: str) -> ProfileSet:
     except yaml.YAMLError as exc:
         raise ProfileFormatError(f"profile is not valid YAML/JSON: {exc}") from None
     if not isinstance(data, Mapping):
-        raise ProfileFormatError("profile document must be a mapping with apiVersion/kind/instances")
+        raise ProfileFormatError(
+            "profile document must be a mapping with apiVersion/kind/instances"
+        )
     version = data.get("apiVersion")
     if version != "pdscaler.io/v1alpha1":
         raise ProfileFormatError(
@@ -140,7 +142,9 @@ def import_dynamo_npz(prefill_npz: bytes, decode_npz: bytes, name: str | None = 
     ttft_ms = _npz_vector(prefill, "prefill_ttft", "prefill.npz")
     thpt_per_gpu = _npz_vector(prefill, "prefill_thpt_per_gpu", "prefill.npz")
     if not (isl.size == ttft_ms.size == thpt_per_gpu.size):
-        raise ProfileFormatError("prefill.npz: prefill_isl, prefill_ttft, prefill_thpt_per_gpu differ in length")
+        raise ProfileFormatError(
+            "prefill.npz: prefill_isl, prefill_ttft, prefill_thpt_per_gpu differ in length"
+        )
     order = np.argsort(isl)
     prefill_points = tuple(
         PrefillPoint(
@@ -177,11 +181,18 @@ def import_dynamo_npz(prefill_npz: bytes, decode_npz: bytes, name: str | None = 
             metadata=metadata,
             instances=(
                 InstanceProfile(
-                    name=config, role="prefill", gpu_type=gpu_type, gpus_per_instance=gpus,
-                    parallelism=Parallelism(tensor=tp), prefill=PrefillCurve(points=prefill_points),
+                    name=config,
+                    role="prefill",
+                    gpu_type=gpu_type,
+                    gpus_per_instance=gpus,
+                    parallelism=Parallelism(tensor=tp),
+                    prefill=PrefillCurve(points=prefill_points),
                 ),
                 InstanceProfile(
-                    name=config, role="decode", gpu_type=gpu_type, gpus_per_instance=decode_gpus,
+                    name=config,
+                    role="decode",
+                    gpu_type=gpu_type,
+                    gpus_per_instance=decode_gpus,
                     parallelism=Parallelism(tensor=decode_tp),
                     decode=DecodeCurve(points=decode_points, kv_cache_capacity_tokens=max_kv),
                 ),
@@ -270,8 +281,11 @@ def import_aiconfigurator_csv(
             )
             instances.append(
                 InstanceProfile(
-                    name=f"{gpu_type}-tp{tp}", role="prefill", gpu_type=gpu_type,
-                    gpus_per_instance=tp, parallelism=Parallelism(tensor=tp),
+                    name=f"{gpu_type}-tp{tp}",
+                    role="prefill",
+                    gpu_type=gpu_type,
+                    gpus_per_instance=tp,
+                    parallelism=Parallelism(tensor=tp),
                     prefill=PrefillCurve(points=points),
                 )
             )
@@ -282,8 +296,11 @@ def import_aiconfigurator_csv(
             )
             instances.append(
                 InstanceProfile(
-                    name=f"{gpu_type}-tp{tp}", role="decode", gpu_type=gpu_type,
-                    gpus_per_instance=tp, parallelism=Parallelism(tensor=tp),
+                    name=f"{gpu_type}-tp{tp}",
+                    role="decode",
+                    gpu_type=gpu_type,
+                    gpus_per_instance=tp,
+                    parallelism=Parallelism(tensor=tp),
                     decode=DecodeCurve(
                         points=points_d,
                         max_batch_size=batch_limit[tp],
@@ -293,7 +310,9 @@ def import_aiconfigurator_csv(
             )
         return ProfileSet(
             metadata=ProfileMetadata(
-                model=model, engine="vllm", hardware=gpu_type,
+                model=model,
+                engine="vllm",
+                hardware=gpu_type,
                 source="aiconfigurator performance estimates (prefill.csv, decode.csv)",
                 notes="modelled, not measured; oom rows dropped"
                 + (f" (first oom batch per tp: {oom_batches})" if oom_batches else ""),
@@ -329,7 +348,8 @@ def import_paper_table(
     """
     if len(decode_batch) != len(decode_tpot_ms):
         raise ProfileFormatError(
-            f"decode_batch has {len(decode_batch)} values but decode_tpot_ms has {len(decode_tpot_ms)}"
+            f"decode_batch has {len(decode_batch)} values but decode_tpot_ms has "
+            f"{len(decode_tpot_ms)}"
         )
     for index, (b, t) in enumerate(zip(decode_batch, decode_tpot_ms, strict=True)):
         _check_number(f"decode_batch[{index}]", b)
@@ -340,7 +360,9 @@ def import_paper_table(
             metadata=ProfileMetadata(source="paper benchmark table"),
             instances=(
                 InstanceProfile(
-                    name=name, role="prefill", gpu_type=gpu_type,
+                    name=name,
+                    role="prefill",
+                    gpu_type=gpu_type,
                     gpus_per_instance=gpus_per_instance,
                     parallelism=Parallelism(tensor=gpus_per_instance),
                     prefill=PrefillCurve(
@@ -354,12 +376,16 @@ def import_paper_table(
                     ),
                 ),
                 InstanceProfile(
-                    name=name, role="decode", gpu_type=gpu_type,
+                    name=name,
+                    role="decode",
+                    gpu_type=gpu_type,
                     gpus_per_instance=gpus_per_instance,
                     parallelism=Parallelism(tensor=gpus_per_instance),
                     decode=DecodeCurve(
                         points=tuple(
-                            DecodePoint(context_tokens=input_tokens, batch_size=int(b), tpot_ms=float(t))
+                            DecodePoint(
+                                context_tokens=input_tokens, batch_size=int(b), tpot_ms=float(t)
+                            )
                             for b, t in zip(decode_batch, decode_tpot_ms, strict=True)
                         )
                     ),

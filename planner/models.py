@@ -168,7 +168,9 @@ def predict_prefill(
     own, weights = _own_times(curve, workload, budget)
     own_mean = float(np.dot(own, weights))
     if replicas <= 0:
-        return PrefillPrediction(replicas, math.inf, math.inf, math.inf, own_mean, fixed_s, math.inf)
+        return PrefillPrediction(
+            replicas, math.inf, math.inf, math.inf, own_mean, fixed_s, math.inf
+        )
     utilization = lam * mean_s / replicas
     percentile = slo.ttft_percentile
     if utilization >= 1:
@@ -272,7 +274,8 @@ def paper_decode_throughput_tokens_per_s(
     --------
     >>> from planner.importers import import_paper_table
     >>> p = import_paper_table(input_tokens=6144, prefill_max_throughput_tokens_per_s=28309,
-    ...     decode_batch=[10, 20, 30, 40, 50, 60], decode_tpot_ms=[12.8, 16.4, 18.8, 21.6, 23.9, 26.2])
+    ...     decode_batch=[10, 20, 30, 40, 50, 60],
+    ...     decode_tpot_ms=[12.8, 16.4, 18.8, 21.6, 23.9, 26.2])
     >>> w = Workload.from_tokens_per_min(5e6, 6144, 512)
     >>> round(paper_decode_throughput_tokens_per_s(p.instances[1], w, SLO(ttft_s=2, tpot_ms=20)), 2)
     1690.95
@@ -307,7 +310,8 @@ def predict_decode(
     --------
     >>> from planner.importers import import_paper_table
     >>> p = import_paper_table(input_tokens=6144, prefill_max_throughput_tokens_per_s=28309,
-    ...     decode_batch=[10, 20, 30, 40, 50, 60], decode_tpot_ms=[12.8, 16.4, 18.8, 21.6, 23.9, 26.2])
+    ...     decode_batch=[10, 20, 30, 40, 50, 60],
+    ...     decode_tpot_ms=[12.8, 16.4, 18.8, 21.6, 23.9, 26.2])
     >>> w = Workload.from_tokens_per_min(5e6, 6144, 512)
     >>> pred = predict_decode("littles", p.instances[1], 4, w, SLO(ttft_s=2, tpot_ms=20))
     >>> round(pred.batch_mean, 1), round(pred.tpot_mean_ms, 2)
@@ -331,8 +335,9 @@ def predict_decode(
         return DecodePrediction(replicas, tpot, tpot, batch, batch, kv, None)
     batch, tpot_mean = _mean_batch(curve, per_instance, context)
     if not math.isfinite(batch):
-        return DecodePrediction(replicas, math.inf, math.inf, math.inf, math.inf, math.inf,
-                                "batch_limit")
+        return DecodePrediction(
+            replicas, math.inf, math.inf, math.inf, math.inf, math.inf, "batch_limit"
+        )
     percentile = slo.tpot_percentile
     if model == "littles" or percentile is None:
         batch_p = batch

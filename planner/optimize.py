@@ -64,10 +64,10 @@ class Rounding(FrozenModel):
         if not math.isfinite(value):
             return MAX_SEARCH_REPLICAS
         if self.rule == "floor":
-            return max(int(math.floor(value)), 0)
+            return max(math.floor(value), 0)
         if self.rule == "nearest":
-            return int(math.floor(value + 0.5))
-        return int(math.ceil(value - self.tolerance - 1e-12))
+            return math.floor(value + 0.5)
+        return math.ceil(value - self.tolerance - 1e-12)
 
     def describe(self) -> str:
         if self.rule == "ceil" and self.tolerance:
@@ -253,10 +253,7 @@ def _no_queue_ttft_s(
             return mean_s + fixed_s
         return -math.log1p(-percentile) * mean_s + fixed_s
     lengths = workload.input_tokens.array
-    own = (
-        instance.prefill.zero_load_latency_s(lengths)
-        + budget.kv_transfer_s_per_token * lengths
-    )
+    own = instance.prefill.zero_load_latency_s(lengths) + budget.kv_transfer_s_per_token * lengths
     weights = workload.input_tokens.probabilities
     if percentile is None:
         return float(np.dot(own, weights)) + fixed_s
@@ -319,9 +316,20 @@ def plan_prefill(
     if infeasible_reason is not None:
         replicas = cap if bounds.max_replicas is not None else max(math.ceil(fluid), 1)
         pred = predict(replicas)
-        return RolePlan("prefill", instance.name, instance.gpu_type, instance.gpus_per_instance,
-                        replicas, fractional, fluid, "ttft", False, infeasible_reason, pred,
-                        predict(replicas - 1) if replicas > 1 else None)
+        return RolePlan(
+            "prefill",
+            instance.name,
+            instance.gpu_type,
+            instance.gpus_per_instance,
+            replicas,
+            fractional,
+            fluid,
+            "ttft",
+            False,
+            infeasible_reason,
+            pred,
+            predict(replicas - 1) if replicas > 1 else None,
+        )
     assert needed is not None
     binding = "ttft"
     replicas = needed
@@ -335,9 +343,20 @@ def plan_prefill(
             f"above maxReplicas {cap}"
         )
         replicas, binding, feasible = cap, "max_replicas", False
-    return RolePlan("prefill", instance.name, instance.gpu_type, instance.gpus_per_instance,
-                    replicas, fractional, fluid, binding, feasible, reason, predict(replicas),
-                    predict(replicas - 1) if replicas > 0 else None)
+    return RolePlan(
+        "prefill",
+        instance.name,
+        instance.gpu_type,
+        instance.gpus_per_instance,
+        replicas,
+        fractional,
+        fluid,
+        binding,
+        feasible,
+        reason,
+        predict(replicas),
+        predict(replicas - 1) if replicas > 0 else None,
+    )
 
 
 def plan_decode(request: PlanRequest, instance: InstanceProfile) -> RolePlan:
@@ -353,19 +372,26 @@ def plan_decode(request: PlanRequest, instance: InstanceProfile) -> RolePlan:
     # Fluid bound: every instance at its best throughput within its batch and KV limits.
     limit_batch = float(curve.batch_limit)
     if curve.kv_cache_capacity_tokens is not None:
-        limit_batch = min(limit_batch, request.kv_usage_limit * curve.kv_cache_capacity_tokens / context)
+        limit_batch = min(
+            limit_batch, request.kv_usage_limit * curve.kv_cache_capacity_tokens / context
+        )
     limit_batch = max(limit_batch, 1.0)
     breakpoints, _, _ = curve.row(context)
-    candidates = np.unique(np.concatenate([
-        np.linspace(1.0, limit_batch, 64),
-        [b for b in breakpoints if b <= limit_batch],
-    ]))
+    candidates = np.unique(
+        np.concatenate(
+            [
+                np.linspace(1.0, limit_batch, 64),
+                [b for b in breakpoints if b <= limit_batch],
+            ]
+        )
+    )
     best_throughput = float(np.max(candidates * 1000.0 / curve.tpot_ms(candidates, context)))
     fluid = out_rate / best_throughput
 
     def predict(n: int) -> DecodePrediction:
-        return predict_decode(model, instance, n, workload, slo, request.router,
-                              request.kv_usage_limit)
+        return predict_decode(
+            model, instance, n, workload, slo, request.router, request.kv_usage_limit
+        )
 
     def meets(n: int) -> bool:
         pred = predict(n)
@@ -386,12 +412,15 @@ def plan_decode(request: PlanRequest, instance: InstanceProfile) -> RolePlan:
     ):
         infeasible_reason = (
             f"one sequence's context {context:.0f} tokens exceeds the usable KV cache "
-            f"{request.kv_usage_limit * curve.kv_cache_capacity_tokens:.0f} tokens of {instance.key}"
+            f"{request.kv_usage_limit * curve.kv_cache_capacity_tokens:.0f} tokens "
+            f"of {instance.key}"
         )
     elif model == "paper":
         throughput = paper_decode_throughput_tokens_per_s(instance, workload, slo)
         if throughput <= 0:
-            infeasible_reason = f"the paper's decode fit gives no throughput at TPOT {slo.tpot_ms:g} ms"
+            infeasible_reason = (
+                f"the paper's decode fit gives no throughput at TPOT {slo.tpot_ms:g} ms"
+            )
         else:
             fractional = out_rate / throughput
             needed = max(request.rounding.apply(fractional), 1)
@@ -402,9 +431,20 @@ def plan_decode(request: PlanRequest, instance: InstanceProfile) -> RolePlan:
             infeasible_reason = f"no replica count up to {MAX_SEARCH_REPLICAS} meets TPOT"
     if infeasible_reason is not None or needed is None:
         replicas = cap if bounds.max_replicas is not None else max(math.ceil(fluid), 1)
-        return RolePlan("decode", instance.name, instance.gpu_type, instance.gpus_per_instance,
-                        replicas, fractional, fluid, "tpot", False, str(infeasible_reason),
-                        predict(replicas), predict(replicas - 1) if replicas > 1 else None)
+        return RolePlan(
+            "decode",
+            instance.name,
+            instance.gpu_type,
+            instance.gpus_per_instance,
+            replicas,
+            fractional,
+            fluid,
+            "tpot",
+            False,
+            str(infeasible_reason),
+            predict(replicas),
+            predict(replicas - 1) if replicas > 1 else None,
+        )
     replicas = needed
     one_fewer = predict(replicas - 1) if replicas > 1 else None
     binding = "tpot"
@@ -416,7 +456,8 @@ def plan_decode(request: PlanRequest, instance: InstanceProfile) -> RolePlan:
     pred = predict(replicas)
     reason = (
         f"{replicas} x {instance.key}: TPOT {pred.tpot_ms:.2f} ms at batch "
-        f"{pred.batch_at_percentile:.1f} (mean {pred.batch_mean:.1f}), KV {pred.kv_usage_fraction:.0%}"
+        f"{pred.batch_at_percentile:.1f} (mean {pred.batch_mean:.1f}), "
+        f"KV {pred.kv_usage_fraction:.0%}"
     )
     if replicas > cap:
         reason = (
@@ -425,9 +466,20 @@ def plan_decode(request: PlanRequest, instance: InstanceProfile) -> RolePlan:
         )
         replicas, binding, feasible = cap, "max_replicas", False
         pred = predict(replicas)
-    return RolePlan("decode", instance.name, instance.gpu_type, instance.gpus_per_instance,
-                    replicas, fractional, fluid, binding, feasible, reason, pred,
-                    predict(replicas - 1) if replicas > 0 else None)
+    return RolePlan(
+        "decode",
+        instance.name,
+        instance.gpu_type,
+        instance.gpus_per_instance,
+        replicas,
+        fractional,
+        fluid,
+        binding,
+        feasible,
+        reason,
+        pred,
+        predict(replicas - 1) if replicas > 0 else None,
+    )
 
 
 def plan(request: PlanRequest) -> Plan:
@@ -442,7 +494,8 @@ def plan(request: PlanRequest) -> Plan:
     --------
     >>> from planner.importers import import_paper_table
     >>> p = import_paper_table(input_tokens=6144, prefill_max_throughput_tokens_per_s=28309,
-    ...     decode_batch=[10, 20, 30, 40, 50, 60], decode_tpot_ms=[12.8, 16.4, 18.8, 21.6, 23.9, 26.2])
+    ...     decode_batch=[10, 20, 30, 40, 50, 60],
+    ...     decode_tpot_ms=[12.8, 16.4, 18.8, 21.6, 23.9, 26.2])
     >>> req = PlanRequest(workload=Workload.from_tokens_per_min(5e6, 6144, 512),
     ...                   slo=SLO(ttft_s=2.0, tpot_ms=20.0), profiles=p,
     ...                   models=ModelChoice(prefill="paper", decode="paper"),
@@ -470,10 +523,12 @@ def plan(request: PlanRequest) -> Plan:
             if key not in prefill_cache:
                 prefill_cache[key] = plan_prefill(request, p_inst, step_s)
             p_plan = prefill_cache[key]
-            cost = (p_plan.gpus * _price(request, p_inst) + d_plan.gpus * _price(request, d_inst))
+            cost = p_plan.gpus * _price(request, p_inst) + d_plan.gpus * _price(request, d_inst)
             gpus = p_plan.gpus + d_plan.gpus
             violations = int(not p_plan.feasible) + int(not d_plan.feasible)
-            violations += int(request.budget.max_gpus is not None and gpus > request.budget.max_gpus)
+            violations += int(
+                request.budget.max_gpus is not None and gpus > request.budget.max_gpus
+            )
             violations += int(
                 request.budget.max_cost_per_hour is not None
                 and bool(request.gpu_prices_per_hour)
@@ -510,7 +565,8 @@ def plan(request: PlanRequest) -> Plan:
             f"prefill {p_plan.reason}; decode {d_plan.reason}"
         )
     for role_plan, target, unit in (
-        (p_plan, request.slo.ttft_s, "s"), (d_plan, request.slo.tpot_ms, "ms"),
+        (p_plan, request.slo.ttft_s, "s"),
+        (d_plan, request.slo.tpot_ms, "ms"),
     ):
         if role_plan.fractional_replicas is None or not role_plan.feasible:
             continue

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
 from planner.importers import import_paper_table
 from planner.models import (
     TTFTBudget,
@@ -88,7 +87,9 @@ def paper_numbers() -> PaperNumbers:
     prefill, decode = request.profiles.instances
     assert decode.decode is not None
     workload = request.workload
-    tp_p = paper_prefill_throughput_tokens_per_s(prefill, workload, request.slo, request.ttft_budget)
+    tp_p = paper_prefill_throughput_tokens_per_s(
+        prefill, workload, request.slo, request.ttft_budget
+    )
     tp_d = paper_decode_throughput_tokens_per_s(decode, workload, request.slo)
     coefficients = paper_decode_fit(decode.decode, INPUT_TOKENS)
     total_tokens_per_s = TOTAL_TOKENS_PER_MIN / 60.0
@@ -97,7 +98,9 @@ def paper_numbers() -> PaperNumbers:
         rate_per_s=workload.rate_per_s,
         prefill_throughput_tokens_per_s=tp_p,
         decode_fit_coefficients=(
-            float(coefficients[0]), float(coefficients[1]), float(coefficients[2])
+            float(coefficients[0]),
+            float(coefficients[1]),
+            float(coefficients[2]),
         ),
         decode_throughput_tokens_per_s=tp_d,
         pd_ratio=INPUT_TOKENS * tp_d / (OUTPUT_TOKENS * tp_p),

@@ -49,12 +49,15 @@ from planner.fitting import (
     isotonic_increasing,
 )
 
-PROFILE_API_VERSION = "pdscaler.io/v1alpha1"
-PROFILE_KIND = "ProfileSet"
+PROFILE_API_VERSION: Literal["pdscaler.io/v1alpha1"] = "pdscaler.io/v1alpha1"
+PROFILE_KIND: Literal["ProfileSet"] = "ProfileSet"
 
 
 class FrozenModel(BaseModel):
-    """Base for the planner's immutable, validated inputs (camelCase on disk, snake_case in code)."""
+    """Base for the planner's immutable, validated inputs.
+
+    camelCase on disk, snake_case in code; unknown fields and non-finite numbers are refused.
+    """
 
     model_config = ConfigDict(
         frozen=True,
@@ -95,7 +98,9 @@ class PrefillPoint(FrozenModel):
 class DecodePoint(FrozenModel):
     """One decode measurement: TPOT at a batch size and a context length."""
 
-    context_tokens: PositiveInt = Field(description="Tokens in context per sequence (input + generated).")
+    context_tokens: PositiveInt = Field(
+        description="Tokens in context per sequence (input + generated)."
+    )
     batch_size: PositiveInt = Field(description="Sequences decoded concurrently on the instance.")
     tpot_ms: PositiveFloat = Field(description="Time per output token, milliseconds.")
 
@@ -229,7 +234,9 @@ class DecodeCurve(FrozenModel):
         grid = np.stack([interp_clamped(grid_batches, b, t) for b, t in rows], axis=0)
         grid = np.maximum.accumulate(grid, axis=0)
         if grid_batches.size >= 2:
-            slopes = np.maximum((grid[:, -1] - grid[:, -2]) / (grid_batches[-1] - grid_batches[-2]), 0)
+            slopes = np.maximum(
+                (grid[:, -1] - grid[:, -2]) / (grid_batches[-1] - grid_batches[-2]), 0
+            )
         else:
             slopes = np.zeros(len(rows))
         self._contexts = np.array(contexts, dtype=np.float64)
@@ -332,7 +339,12 @@ class DecodeCurve(FrozenModel):
         if candidate <= batches[0]:
             return candidate
         segments = [
-            (batches[i], batches[i + 1], values[i], (values[i + 1] - values[i]) / (batches[i + 1] - batches[i]))
+            (
+                batches[i],
+                batches[i + 1],
+                values[i],
+                (values[i + 1] - values[i]) / (batches[i + 1] - batches[i]),
+            )
             for i in range(len(batches) - 1)
         ]
         segments.append((batches[-1], math.inf, values[-1], slope))
@@ -355,7 +367,9 @@ class DecodeCurve(FrozenModel):
 class InstanceProfile(FrozenModel):
     """One instance of one role in one parallelism configuration on one GPU type."""
 
-    name: str = Field(min_length=1, description="Configuration name, unique per role (e.g. h200-tp2).")
+    name: str = Field(
+        min_length=1, description="Configuration name, unique per role (e.g. h200-tp2)."
+    )
     role: Literal["prefill", "decode"]
     gpu_type: str = Field(min_length=1, description="GPU type, matched against GPU prices.")
     gpus_per_instance: PositiveInt
@@ -412,9 +426,9 @@ class ProfileSet(FrozenModel):
     def for_role(self, role: Literal["prefill", "decode"]) -> tuple[InstanceProfile, ...]:
         return tuple(i for i in self.instances if i.role == role)
 
-    def select(self, role: Literal["prefill", "decode"], names: tuple[str, ...] | None) -> tuple[
-        InstanceProfile, ...
-    ]:
+    def select(
+        self, role: Literal["prefill", "decode"], names: tuple[str, ...] | None
+    ) -> tuple[InstanceProfile, ...]:
         """The role's instances, restricted to ``names`` when given (unknown names refused)."""
         options = self.for_role(role)
         if not names:

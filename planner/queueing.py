@@ -158,8 +158,9 @@ def mmc_sojourn_quantile_s(
         upper *= 2.0
     return float(
         brentq(
-            lambda t: mmc_sojourn_survival(t, arrival_rate_per_s, service_rate_per_s, servers)
-            - target,
+            lambda t: (
+                mmc_sojourn_survival(t, arrival_rate_per_s, service_rate_per_s, servers) - target
+            ),
             0.0,
             upper,
             xtol=1e-12,

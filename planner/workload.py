@@ -78,9 +78,7 @@ class LengthDistribution(FrozenModel):
             raise ValueError(f"samples: value {data[bad][0]!r} is not a finite token count > 0")
         if data.size <= points:
             unique, counts = np.unique(data, return_counts=True)
-            return cls(
-                values=tuple(unique.tolist()), weights=tuple((counts / data.size).tolist())
-            )
+            return cls(values=tuple(unique.tolist()), weights=tuple((counts / data.size).tolist()))
         chunks = np.array_split(data, points)
         return cls(
             values=tuple(float(c.mean()) for c in chunks),
@@ -124,9 +122,7 @@ class Workload(FrozenModel):
     )
 
     @classmethod
-    def from_means(
-        cls, rate_per_s: float, input_tokens: float, output_tokens: float
-    ) -> Workload:
+    def from_means(cls, rate_per_s: float, input_tokens: float, output_tokens: float) -> Workload:
         return cls(
             rate_per_s=rate_per_s,
             input_tokens=LengthDistribution.constant(input_tokens),
@@ -242,9 +238,12 @@ def parse_trace_csv(text: str, source: str = "trace") -> Trace:
             moment = datetime.strptime(head, "%Y-%m-%d %H:%M:%S")
             seconds = moment.timestamp() + (float("0." + fraction) if fraction else 0.0)
         except ValueError:
-            raise ValueError(f"{source} line {line}: TIMESTAMP={raw!r} is not a timestamp") from None
+            raise ValueError(
+                f"{source} line {line}: TIMESTAMP={raw!r} is not a timestamp"
+            ) from None
         for column, bucket, minimum in (
-            ("ContextTokens", inputs, 1), ("GeneratedTokens", outputs, 1),
+            ("ContextTokens", inputs, 1),
+            ("GeneratedTokens", outputs, 1),
         ):
             try:
                 value = int(row[column])

@@ -8,6 +8,7 @@ import math
 import sys
 from typing import Any
 
+from pdscaler.inputs import load_profiles, load_trace
 from planner import (
     DECODE_MODELS,
     PREFILL_MODELS,
@@ -35,8 +36,6 @@ from planner.paper import (
 )
 from planner.workload import Trace
 
-from pdscaler.inputs import load_profiles, load_trace
-
 
 def parse_percentile(text: str) -> float | None:
     """``mean`` → None; ``p90``/``90``/``0.9`` → 0.9."""
@@ -48,11 +47,15 @@ def parse_percentile(text: str) -> float | None:
     try:
         number = float(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"percentile {text!r}: use mean, p50, p90, p99 or 0.9") from None
+        raise argparse.ArgumentTypeError(
+            f"percentile {text!r}: use mean, p50, p90, p99 or 0.9"
+        ) from None
     if number >= 1:
         number /= 100.0
     if not 0 < number < 1:
-        raise argparse.ArgumentTypeError(f"percentile {text!r} must be between 0 and 100 (exclusive)")
+        raise argparse.ArgumentTypeError(
+            f"percentile {text!r} must be between 0 and 100 (exclusive)"
+        )
     return number
 
 
@@ -97,47 +100,92 @@ def add_plan_parser(subparsers: Any) -> None:
     rate = load.add_mutually_exclusive_group()
     rate.add_argument("--rate-per-s", type=_positive(float), help="request arrival rate, req/s")
     rate.add_argument(
-        "--tokens-per-min", type=_positive(float),
+        "--tokens-per-min",
+        type=_positive(float),
         help=f"total (input + output) tokens per minute (default {TOTAL_TOKENS_PER_MIN:.0f})",
     )
-    load.add_argument("--input-tokens", type=_positive(float), help=f"mean input length (default {INPUT_TOKENS})")
-    load.add_argument("--output-tokens", type=_positive(float), help=f"mean output length (default {OUTPUT_TOKENS})")
-    load.add_argument("--trace", help="trace CSV (TIMESTAMP,ContextTokens,GeneratedTokens): length "
-                      "distributions and, unless a rate is given, the mean rate")
-    load.add_argument("--trace-rate-scale", type=_positive(float), default=1.0,
-                      help="multiply the trace's mean rate (default 1)")
+    load.add_argument(
+        "--input-tokens", type=_positive(float), help=f"mean input length (default {INPUT_TOKENS})"
+    )
+    load.add_argument(
+        "--output-tokens",
+        type=_positive(float),
+        help=f"mean output length (default {OUTPUT_TOKENS})",
+    )
+    load.add_argument(
+        "--trace",
+        help="trace CSV (TIMESTAMP,ContextTokens,GeneratedTokens): length "
+        "distributions and, unless a rate is given, the mean rate",
+    )
+    load.add_argument(
+        "--trace-rate-scale",
+        type=_positive(float),
+        default=1.0,
+        help="multiply the trace's mean rate (default 1)",
+    )
     slo = parser.add_argument_group("SLOs")
     slo.add_argument("--ttft-s", type=_positive(float), default=TTFT_S, help="TTFT target, seconds")
-    slo.add_argument("--ttft-percentile", type=parse_percentile, default=None,
-                     help="mean (default), p50, p90, p99, ...")
+    slo.add_argument(
+        "--ttft-percentile",
+        type=parse_percentile,
+        default=None,
+        help="mean (default), p50, p90, p99, ...",
+    )
     slo.add_argument("--tpot-ms", type=_positive(float), default=TPOT_MS, help="TPOT target, ms")
     slo.add_argument("--tpot-percentile", type=parse_percentile, default=None)
-    slo.add_argument("--ttft-overhead-s", type=_non_negative, default=TTFT_OVERHEAD_S,
-                     help="fixed TTFT overhead: client, router (default 0.1)")
-    slo.add_argument("--kv-transfer-s", type=_non_negative, default=0.0,
-                     help="fixed KV-cache transfer time, s")
+    slo.add_argument(
+        "--ttft-overhead-s",
+        type=_non_negative,
+        default=TTFT_OVERHEAD_S,
+        help="fixed TTFT overhead: client, router (default 0.1)",
+    )
+    slo.add_argument(
+        "--kv-transfer-s", type=_non_negative, default=0.0, help="fixed KV-cache transfer time, s"
+    )
     slo.add_argument("--kv-transfer-s-per-token", type=_non_negative, default=0.0)
-    slo.add_argument("--first-decode-step", action="store_true",
-                     help="count the first decode step in TTFT")
+    slo.add_argument(
+        "--first-decode-step", action="store_true", help="count the first decode step in TTFT"
+    )
     model = parser.add_argument_group("profiles and models")
-    model.add_argument("--profile", action="append", default=None,
-                       help="'paper' (default), a profile YAML/JSON, a Dynamo folder or an "
-                       "aiconfigurator folder; repeat to combine GPU types")
+    model.add_argument(
+        "--profile",
+        action="append",
+        default=None,
+        help="'paper' (default), a profile YAML/JSON, a Dynamo folder or an "
+        "aiconfigurator folder; repeat to combine GPU types",
+    )
     model.add_argument("--gpu-type", help="GPU type for an aiconfigurator folder")
-    model.add_argument("--prefill-model", choices=PREFILL_MODELS, default=None,
-                       help="default: paper for the embedded example, else mgc")
-    model.add_argument("--decode-model", choices=DECODE_MODELS, default=None,
-                       help="default: paper for the embedded example, else poisson")
-    model.add_argument("--rounding", choices=("ceil", "nearest", "floor"), default=None,
-                       help="fractional → integer replicas for the paper models "
-                       "(default: nearest for the embedded example, else ceil)")
+    model.add_argument(
+        "--prefill-model",
+        choices=PREFILL_MODELS,
+        default=None,
+        help="default: paper for the embedded example, else mgc",
+    )
+    model.add_argument(
+        "--decode-model",
+        choices=DECODE_MODELS,
+        default=None,
+        help="default: paper for the embedded example, else poisson",
+    )
+    model.add_argument(
+        "--rounding",
+        choices=("ceil", "nearest", "floor"),
+        default=None,
+        help="fractional → integer replicas for the paper models "
+        "(default: nearest for the embedded example, else ceil)",
+    )
     model.add_argument("--rounding-tolerance", type=_non_negative, default=0.0)
     model.add_argument("--router", choices=("least-loaded", "random"), default="least-loaded")
     model.add_argument("--prefill-configs", help="comma-separated prefill configs to consider")
     model.add_argument("--decode-configs", help="comma-separated decode configs to consider")
     limits = parser.add_argument_group("cost and limits")
-    limits.add_argument("--price", type=_price, action="append", default=[],
-                        help="GPU price, e.g. --price h200=3.8 (per GPU-hour); repeatable")
+    limits.add_argument(
+        "--price",
+        type=_price,
+        action="append",
+        default=[],
+        help="GPU price, e.g. --price h200=3.8 (per GPU-hour); repeatable",
+    )
     limits.add_argument("--max-gpus", type=_positive(int))
     limits.add_argument("--max-cost-per-hour", type=_positive(float))
     for role in ("prefill", "decode"):
@@ -169,11 +217,19 @@ def build_request(args: argparse.Namespace) -> PlanRequest:
     if trace is not None:
         base = trace.workload()
         if args.input_tokens is not None:
-            base = base.model_copy(update={"input_tokens": LengthDistribution.constant(input_mean),
-                                           "decode_context_tokens": None})
+            base = base.model_copy(
+                update={
+                    "input_tokens": LengthDistribution.constant(input_mean),
+                    "decode_context_tokens": None,
+                }
+            )
         if args.output_tokens is not None:
-            base = base.model_copy(update={"output_tokens": LengthDistribution.constant(output_mean),
-                                           "decode_context_tokens": None})
+            base = base.model_copy(
+                update={
+                    "output_tokens": LengthDistribution.constant(output_mean),
+                    "decode_context_tokens": None,
+                }
+            )
     else:
         base = Workload.from_means(1.0, input_mean, output_mean)
     if args.rate_per_s is not None:
@@ -191,23 +247,31 @@ def build_request(args: argparse.Namespace) -> PlanRequest:
     rounding = args.rounding or ("nearest" if embedded else "ceil")
     return PlanRequest(
         workload=workload,
-        slo=SLO(ttft_s=args.ttft_s, ttft_percentile=args.ttft_percentile, tpot_ms=args.tpot_ms,
-                tpot_percentile=args.tpot_percentile),
+        slo=SLO(
+            ttft_s=args.ttft_s,
+            ttft_percentile=args.ttft_percentile,
+            tpot_ms=args.tpot_ms,
+            tpot_percentile=args.tpot_percentile,
+        ),
         profiles=profiles,
         prefill_configs=tuple(args.prefill_configs.split(",")) if args.prefill_configs else None,
         decode_configs=tuple(args.decode_configs.split(",")) if args.decode_configs else None,
         gpu_prices_per_hour=dict(args.price),
         budget=Budget(max_gpus=args.max_gpus, max_cost_per_hour=args.max_cost_per_hour),
-        prefill_bounds=ReplicaBounds(min_replicas=args.prefill_min_replicas,
-                                     max_replicas=args.prefill_max_replicas),
-        decode_bounds=ReplicaBounds(min_replicas=args.decode_min_replicas,
-                                    max_replicas=args.decode_max_replicas),
+        prefill_bounds=ReplicaBounds(
+            min_replicas=args.prefill_min_replicas, max_replicas=args.prefill_max_replicas
+        ),
+        decode_bounds=ReplicaBounds(
+            min_replicas=args.decode_min_replicas, max_replicas=args.decode_max_replicas
+        ),
         models=ModelChoice(prefill=prefill_model, decode=decode_model),
         rounding=Rounding(rule=rounding, tolerance=args.rounding_tolerance),
-        ttft_budget=TTFTBudget(overhead_s=args.ttft_overhead_s,
-                               kv_transfer_fixed_s=args.kv_transfer_s,
-                               kv_transfer_s_per_token=args.kv_transfer_s_per_token,
-                               include_first_decode_step=args.first_decode_step),
+        ttft_budget=TTFTBudget(
+            overhead_s=args.ttft_overhead_s,
+            kv_transfer_fixed_s=args.kv_transfer_s,
+            kv_transfer_s_per_token=args.kv_transfer_s_per_token,
+            include_first_decode_step=args.first_decode_step,
+        ),
         router=args.router,
     )
 
@@ -227,20 +291,32 @@ def format_plan(result: Plan, request: PlanRequest, title: str) -> str:
     p1, d1 = p.predicted_one_fewer, d.predicted_one_fewer
     rows = [
         ("", "prefill", "decode"),
-        ("config", f"{p.config} ({p.gpu_type}, {p.gpus_per_instance} GPU)",
-         f"{d.config} ({d.gpu_type}, {d.gpus_per_instance} GPU)"),
+        (
+            "config",
+            f"{p.config} ({p.gpu_type}, {p.gpus_per_instance} GPU)",
+            f"{d.config} ({d.gpu_type}, {d.gpus_per_instance} GPU)",
+        ),
         ("replicas", str(p.replicas), str(d.replicas)),
         ("fractional (model)", _fmt(p.fractional_replicas), _fmt(d.fractional_replicas)),
         ("fluid lower bound", _fmt(p.fluid_bound), _fmt(d.fluid_bound)),
         ("GPUs", str(p.gpus), str(d.gpus)),
         ("binding", p.binding, d.binding),
-        ("predicted latency", f"TTFT {_fmt(getattr(pp, 'ttft_s', None))} s",
-         f"TPOT {_fmt(getattr(dp, 'tpot_ms', None), 2)} ms"),
-        ("  with one fewer", f"TTFT {_fmt(getattr(p1, 'ttft_s', None))} s" if p1 else "-",
-         f"TPOT {_fmt(getattr(d1, 'tpot_ms', None), 2)} ms" if d1 else "-"),
-        ("utilization / batch", f"{_fmt(getattr(pp, 'utilization', None), 2)}",
-         f"batch {_fmt(getattr(dp, 'batch_mean', None), 1)} "
-         f"(at pct {_fmt(getattr(dp, 'batch_at_percentile', None), 1)})"),
+        (
+            "predicted latency",
+            f"TTFT {_fmt(getattr(pp, 'ttft_s', None))} s",
+            f"TPOT {_fmt(getattr(dp, 'tpot_ms', None), 2)} ms",
+        ),
+        (
+            "  with one fewer",
+            f"TTFT {_fmt(getattr(p1, 'ttft_s', None))} s" if p1 else "-",
+            f"TPOT {_fmt(getattr(d1, 'tpot_ms', None), 2)} ms" if d1 else "-",
+        ),
+        (
+            "utilization / batch",
+            f"{_fmt(getattr(pp, 'utilization', None), 2)}",
+            f"batch {_fmt(getattr(dp, 'batch_mean', None), 1)} "
+            f"(at pct {_fmt(getattr(dp, 'batch_at_percentile', None), 1)})",
+        ),
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = [title, "=" * len(title)]
@@ -272,20 +348,25 @@ def format_plan(result: Plan, request: PlanRequest, title: str) -> str:
 def format_paper_numbers() -> str:
     numbers = paper_numbers()
     c = numbers.decode_fit_coefficients
-    return "\n".join([
-        "Paper method, worked example (Li et al. 2026)",
-        "=============================================",
-        f"request rate                     {numbers.rate_per_s:.4f} req/s",
-        f"prefill throughput per instance  {numbers.prefill_throughput_tokens_per_s:.2f} tokens/s"
-        "  (28309 - 6144/1.9)",
-        f"decode fit (throughput vs TPOT)  [{c[0]:.5f}, {c[1]:.5f}, {c[2]:.5f}]",
-        f"decode throughput per instance   {numbers.decode_throughput_tokens_per_s:.2f} tokens/s"
-        " at TPOT 20 ms",
-        f"P/D ratio                        {numbers.pd_ratio:.3f}",
-        f"prefill instances                {numbers.n_prefill:.3f}",
-        f"decode instances                 {numbers.n_decode:.3f}",
-        "rounding: the paper's 3P4D is 'nearest' (3.068 -> 3, 3.791 -> 4); plain ceil gives 4P4D",
-    ])
+    return "\n".join(
+        [
+            "Paper method, worked example (Li et al. 2026)",
+            "=============================================",
+            f"request rate                     {numbers.rate_per_s:.4f} req/s",
+            "prefill throughput per instance  "
+            f"{numbers.prefill_throughput_tokens_per_s:.2f} tokens/s"
+            "  (28309 - 6144/1.9)",
+            f"decode fit (throughput vs TPOT)  [{c[0]:.5f}, {c[1]:.5f}, {c[2]:.5f}]",
+            "decode throughput per instance   "
+            f"{numbers.decode_throughput_tokens_per_s:.2f} tokens/s"
+            " at TPOT 20 ms",
+            f"P/D ratio                        {numbers.pd_ratio:.3f}",
+            f"prefill instances                {numbers.n_prefill:.3f}",
+            f"decode instances                 {numbers.n_decode:.3f}",
+            "rounding: the paper's 3P4D is 'nearest' (3.068 -> 3, 3.791 -> 4); "
+            "plain ceil gives 4P4D",
+        ]
+    )
 
 
 def run_plan(args: argparse.Namespace) -> int:
@@ -311,8 +392,13 @@ def run_plan(args: argparse.Namespace) -> int:
         print(format_plan(result, request, "Plan"))
         if comparison is not None:
             print()
-            print(format_plan(comparison[1], comparison[0],
-                              "Same workload, pdscaler's default models (ceil rounding)"))
+            print(
+                format_plan(
+                    comparison[1],
+                    comparison[0],
+                    "Same workload, pdscaler's default models (ceil rounding)",
+                )
+            )
     if args.plot:
         from pdscaler.plots import plot_capacity
 

@@ -20,7 +20,9 @@ from planner import (
 )
 from planner.paper import paper_profiles
 
-_GPU_IN_NAME = re.compile(r"(?:^|_)(h100|h200|h20|b200|gb200|a100|l40s|l4|a10g|mi300x)(?:_|$)", re.I)
+_GPU_IN_NAME = re.compile(
+    r"(?:^|_)(h100|h200|h20|b200|gb200|a100|l40s|l4|a10g|mi300x)(?:_|$)", re.I
+)
 
 
 def load_profile(spec: str, gpu_type: str | None = None) -> ProfileSet:

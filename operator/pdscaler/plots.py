@@ -20,7 +20,9 @@ def plot_capacity(request: PlanRequest, result: Plan, path: str) -> None:
     scales = np.linspace(0.1, 2.0, 24)
     prefill_n, decode_n = [], []
     for scale in scales:
-        scaled = request.model_copy(update={"workload": request.workload.with_rate(base_rate * scale)})
+        scaled = request.model_copy(
+            update={"workload": request.workload.with_rate(base_rate * scale)}
+        )
         sized = plan(scaled)
         prefill_n.append(sized.prefill.replicas)
         decode_n.append(sized.decode.replicas)
@@ -30,10 +32,23 @@ def plot_capacity(request: PlanRequest, result: Plan, path: str) -> None:
     ttft, tpot = [], []
     for load in loads:
         workload = request.workload.with_rate(base_rate * load)
-        pp = predict_prefill(request.models.prefill, p_inst, result.prefill.replicas, workload,
-                             request.slo, request.ttft_budget)
-        dp = predict_decode(request.models.decode, d_inst, result.decode.replicas, workload,
-                            request.slo, request.router, request.kv_usage_limit)
+        pp = predict_prefill(
+            request.models.prefill,
+            p_inst,
+            result.prefill.replicas,
+            workload,
+            request.slo,
+            request.ttft_budget,
+        )
+        dp = predict_decode(
+            request.models.decode,
+            d_inst,
+            result.decode.replicas,
+            workload,
+            request.slo,
+            request.router,
+            request.kv_usage_limit,
+        )
         ttft.append(pp.ttft_s if math.isfinite(pp.ttft_s) else np.nan)
         tpot.append(dp.tpot_ms if math.isfinite(dp.tpot_ms) and dp.within_limits else np.nan)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
@@ -59,7 +74,9 @@ def plot_capacity(request: PlanRequest, result: Plan, path: str) -> None:
     axes[2].set_ylabel("predicted TPOT (ms)")
     axes[2].set_title(f"TPOT at {result.decode.replicas} decode replicas")
     axes[2].legend()
-    fig.suptitle(f"{request.slo.describe()}; models {result.models['prefill']}/{result.models['decode']}")
+    fig.suptitle(
+        f"{request.slo.describe()}; models {result.models['prefill']}/{result.models['decode']}"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -68,7 +68,7 @@ def wait_until(
         try:
             if check():
                 return
-        except Exception:  # noqa: BLE001 - any failure just means "not ready yet"
+        except Exception:
             pass
         if process is not None and process.poll() is not None:
             raise ComponentError(
@@ -93,14 +93,21 @@ def http_ok(url: str, timeout_s: float = 2.0, context: object | None = None) -> 
 
 
 def start_process(
-    argv: Sequence[str], *, log_path: Path, env: dict[str, str] | None = None,
+    argv: Sequence[str],
+    *,
+    log_path: Path,
+    env: dict[str, str] | None = None,
     cwd: Path | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start ``argv`` in its own process group with stdout and stderr going to ``log_path``."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed by stop_process
     return subprocess.Popen(
-        list(argv), stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+        list(argv),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=cwd,
         start_new_session=True,
     )
 

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from pdscaler.cli import main
+
 from tests.shared import AIC_QWEN, CONV_TRACE, DYNAMO, REPO, need
 
 
@@ -33,8 +33,14 @@ def test_no_subcommand_means_plan(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_console_script_in_a_fresh_process() -> None:
-    proc = subprocess.run([sys.executable, "-m", "pdscaler", "plan"], capture_output=True,
-                          text=True, timeout=120, cwd=REPO, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pdscaler", "plan"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "3.068" in proc.stdout and "3.791" in proc.stdout
 
@@ -50,10 +56,30 @@ def test_json_output(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_rate_units_agree(capsys: pytest.CaptureFixture[str]) -> None:
-    _, by_tpm, _ = run(capsys, "plan", "--tokens-per-min", "5000000", "--output", "json",
-                       "--prefill-model", "paper", "--decode-model", "paper")
-    _, by_rate, _ = run(capsys, "plan", "--rate-per-s", str(5e6 / 60 / 6656), "--output", "json",
-                        "--prefill-model", "paper", "--decode-model", "paper")
+    _, by_tpm, _ = run(
+        capsys,
+        "plan",
+        "--tokens-per-min",
+        "5000000",
+        "--output",
+        "json",
+        "--prefill-model",
+        "paper",
+        "--decode-model",
+        "paper",
+    )
+    _, by_rate, _ = run(
+        capsys,
+        "plan",
+        "--rate-per-s",
+        str(5e6 / 60 / 6656),
+        "--output",
+        "json",
+        "--prefill-model",
+        "paper",
+        "--decode-model",
+        "paper",
+    )
     a, b = json.loads(by_tpm)["plan"], json.loads(by_rate)["plan"]
     assert a["prefill"]["fractional_replicas"] == pytest.approx(b["prefill"]["fractional_replicas"])
     assert a["prefill"]["replicas"] == 4  # ceil rounding outside the embedded default
@@ -61,9 +87,22 @@ def test_rate_units_agree(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_trace_and_percentiles_with_real_profiles(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(
-        capsys, "plan", "--trace", str(need(CONV_TRACE)), "--profile", str(need(DYNAMO)),
-        "--ttft-s", "0.5", "--ttft-percentile", "p90", "--tpot-ms", "30",
-        "--tpot-percentile", "p99", "--output", "json",
+        capsys,
+        "plan",
+        "--trace",
+        str(need(CONV_TRACE)),
+        "--profile",
+        str(need(DYNAMO)),
+        "--ttft-s",
+        "0.5",
+        "--ttft-percentile",
+        "p90",
+        "--tpot-ms",
+        "30",
+        "--tpot-percentile",
+        "p99",
+        "--output",
+        "json",
     )
     document = json.loads(out)["plan"]
     assert code == 0
@@ -74,18 +113,48 @@ def test_trace_and_percentiles_with_real_profiles(capsys: pytest.CaptureFixture[
 
 def test_multi_config_search_with_prices_and_budget(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(
-        capsys, "plan", "--profile", str(need(AIC_QWEN)), "--rate-per-s", "20",
-        "--input-tokens", "2048", "--output-tokens", "256", "--ttft-s", "1.0",
-        "--ttft-percentile", "p90", "--tpot-ms", "25", "--price", "h200=3.8", "--output", "json",
+        capsys,
+        "plan",
+        "--profile",
+        str(need(AIC_QWEN)),
+        "--rate-per-s",
+        "20",
+        "--input-tokens",
+        "2048",
+        "--output-tokens",
+        "256",
+        "--ttft-s",
+        "1.0",
+        "--ttft-percentile",
+        "p90",
+        "--tpot-ms",
+        "25",
+        "--price",
+        "h200=3.8",
+        "--output",
+        "json",
     )
     document = json.loads(out)["plan"]
     assert code == 0
     assert document["cost_per_hour"] == pytest.approx(document["total_gpus"] * 3.8)
     assert document["prefill"]["config"].startswith("h200-tp")
     code, out, _ = run(
-        capsys, "plan", "--profile", str(AIC_QWEN), "--rate-per-s", "20",
-        "--input-tokens", "2048", "--output-tokens", "256", "--ttft-s", "1.0",
-        "--tpot-ms", "25", "--max-gpus", "2",
+        capsys,
+        "plan",
+        "--profile",
+        str(AIC_QWEN),
+        "--rate-per-s",
+        "20",
+        "--input-tokens",
+        "2048",
+        "--output-tokens",
+        "256",
+        "--ttft-s",
+        "1.0",
+        "--tpot-ms",
+        "25",
+        "--max-gpus",
+        "2",
     )
     assert code == 3
     assert "NOT FEASIBLE" in out and "above the budget of 2 GPUs" in out
@@ -109,8 +178,9 @@ def test_plot_writes_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
         (["--rate-per-s", "1", "--tokens-per-min", "5"], "not allowed with"),
     ],
 )
-def test_bad_flags_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str],
-                          message: str) -> None:
+def test_bad_flags_exit_2(
+    capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["plan", *argv])
     assert exc.value.code == 2

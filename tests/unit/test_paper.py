@@ -18,7 +18,9 @@ def test_worked_example_figures() -> None:
     assert round(numbers.n_prefill, 3) == 3.068
     assert round(numbers.n_decode, 3) == 3.791
     assert [round(c, 5) for c in numbers.decode_fit_coefficients] == [
-        -2.30192, 203.31910, -1454.65816,
+        -2.30192,
+        203.31910,
+        -1454.65816,
     ]
 
 
@@ -26,17 +28,20 @@ def test_worked_example_matches_shared_yaml() -> None:
     document = yaml.safe_load(need(SHARED / "data" / "paper_worked_example.yaml").read_text())
     expected = document["expected"]
     numbers = paper_numbers()
-    assert round(numbers.prefill_throughput_tokens_per_s, 2) == expected[
-        "prefill_throughput_tokens_per_s"
-    ]
-    assert round(numbers.decode_throughput_tokens_per_s, 2) == expected[
-        "decode_throughput_tokens_per_s"
-    ]
+    assert (
+        round(numbers.prefill_throughput_tokens_per_s, 2)
+        == expected["prefill_throughput_tokens_per_s"]
+    )
+    assert (
+        round(numbers.decode_throughput_tokens_per_s, 2)
+        == expected["decode_throughput_tokens_per_s"]
+    )
     assert round(numbers.pd_ratio, 3) == expected["pd_ratio"]
     assert round(numbers.n_prefill, 3) == expected["n_prefill"]
     assert round(numbers.n_decode, 3) == expected["n_decode"]
-    for got, want in zip(numbers.decode_fit_coefficients, expected["decode_fit_coefficients"],
-                         strict=True):
+    for got, want in zip(
+        numbers.decode_fit_coefficients, expected["decode_fit_coefficients"], strict=True
+    ):
         assert got == pytest.approx(want, abs=5e-6)
     inputs = document["inputs"]
     request = paper_request()

@@ -31,16 +31,27 @@ PERCENTILE = st.sampled_from([None, 0.5, 0.9, 0.99])
 def _profiles() -> list[ProfileSet]:
     sets = [paper_profiles()]
     if DYNAMO.exists():
-        sets.append(import_dynamo_npz((DYNAMO / "prefill.npz").read_bytes(),
-                                      (DYNAMO / "decode.npz").read_bytes()))
+        sets.append(
+            import_dynamo_npz(
+                (DYNAMO / "prefill.npz").read_bytes(), (DYNAMO / "decode.npz").read_bytes()
+            )
+        )
     return sets
 
 
 PROFILE_SETS = _profiles()
 
 
-def _request(index: int, rate: float, ttft_s: float, tpot_ms: float, pct: float | None,
-             prefill: str, decode: str, **extra: object) -> PlanRequest:
+def _request(
+    index: int,
+    rate: float,
+    ttft_s: float,
+    tpot_ms: float,
+    pct: float | None,
+    prefill: str,
+    decode: str,
+    **extra: object,
+) -> PlanRequest:
     profiles = PROFILE_SETS[index % len(PROFILE_SETS)]
     input_tokens = 6144 if index % len(PROFILE_SETS) == 0 else 3000
     fields: dict[str, object] = {
@@ -67,9 +78,16 @@ COMMON = {
 
 @given(factor=st.floats(1.0, 3.0), **COMMON)
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-def test_more_load_never_fewer_replicas(index: int, rate: float, ttft_s: float, tpot_ms: float,
-                                        pct: float | None, prefill: str, decode: str,
-                                        factor: float) -> None:
+def test_more_load_never_fewer_replicas(
+    index: int,
+    rate: float,
+    ttft_s: float,
+    tpot_ms: float,
+    pct: float | None,
+    prefill: str,
+    decode: str,
+    factor: float,
+) -> None:
     low = plan(_request(index, rate, ttft_s, tpot_ms, pct, prefill, decode))
     high = plan(_request(index, rate * factor, ttft_s, tpot_ms, pct, prefill, decode))
     assume(low.feasible and high.feasible)
@@ -79,9 +97,16 @@ def test_more_load_never_fewer_replicas(index: int, rate: float, ttft_s: float, 
 
 @given(tighten=st.floats(0.5, 1.0), **COMMON)
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-def test_tighter_slo_never_fewer_replicas(index: int, rate: float, ttft_s: float, tpot_ms: float,
-                                          pct: float | None, prefill: str, decode: str,
-                                          tighten: float) -> None:
+def test_tighter_slo_never_fewer_replicas(
+    index: int,
+    rate: float,
+    ttft_s: float,
+    tpot_ms: float,
+    pct: float | None,
+    prefill: str,
+    decode: str,
+    tighten: float,
+) -> None:
     loose = plan(_request(index, rate, ttft_s, tpot_ms, pct, prefill, decode))
     tight = plan(_request(index, rate, ttft_s * tighten, tpot_ms * tighten, pct, prefill, decode))
     assume(loose.feasible and tight.feasible)
@@ -91,16 +116,26 @@ def test_tighter_slo_never_fewer_replicas(index: int, rate: float, ttft_s: float
 
 @given(**COMMON)
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-def test_never_below_fluid_bound_and_meets_slo(index: int, rate: float, ttft_s: float,
-                                               tpot_ms: float, pct: float | None, prefill: str,
-                                               decode: str) -> None:
+def test_never_below_fluid_bound_and_meets_slo(
+    index: int,
+    rate: float,
+    ttft_s: float,
+    tpot_ms: float,
+    pct: float | None,
+    prefill: str,
+    decode: str,
+) -> None:
     request = _request(index, rate, ttft_s, tpot_ms, pct, prefill, decode)
     result = plan(request)
     assume(result.feasible)
     instance = request.profiles.select("prefill", (result.prefill.config,))[0]
     assert instance.prefill is not None
-    fluid = rate * 1 / float(instance.prefill.max_throughput_tokens_per_s(
-        request.workload.input_tokens.mean)) * request.workload.input_tokens.mean
+    fluid = (
+        rate
+        * 1
+        / float(instance.prefill.max_throughput_tokens_per_s(request.workload.input_tokens.mean))
+        * request.workload.input_tokens.mean
+    )
     assert result.prefill.replicas >= math.ceil(fluid - 1e-9)
     assert result.prefill.replicas >= math.ceil(result.prefill.fluid_bound - 1e-9)
     assert result.decode.replicas >= math.ceil(result.decode.fluid_bound - 1e-9)
@@ -115,16 +150,35 @@ def test_never_below_fluid_bound_and_meets_slo(index: int, rate: float, ttft_s: 
         assert fewer_d.tpot_ms > tpot_ms or not fewer_d.within_limits  # type: ignore[union-attr]
 
 
-@given(min_p=st.integers(0, 8), max_extra=st.integers(0, 8), max_gpus=st.integers(1, 200),
-       **COMMON)
+@given(min_p=st.integers(0, 8), max_extra=st.integers(0, 8), max_gpus=st.integers(1, 200), **COMMON)
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-def test_bounds_and_budget_respected(index: int, rate: float, ttft_s: float, tpot_ms: float,
-                                     pct: float | None, prefill: str, decode: str, min_p: int,
-                                     max_extra: int, max_gpus: int) -> None:
+def test_bounds_and_budget_respected(
+    index: int,
+    rate: float,
+    ttft_s: float,
+    tpot_ms: float,
+    pct: float | None,
+    prefill: str,
+    decode: str,
+    min_p: int,
+    max_extra: int,
+    max_gpus: int,
+) -> None:
     bounds = ReplicaBounds(min_replicas=min_p, max_replicas=min_p + max_extra)
-    result = plan(_request(index, rate, ttft_s, tpot_ms, pct, prefill, decode,
-                           prefill_bounds=bounds, decode_bounds=bounds,
-                           budget=Budget(max_gpus=max_gpus)))
+    result = plan(
+        _request(
+            index,
+            rate,
+            ttft_s,
+            tpot_ms,
+            pct,
+            prefill,
+            decode,
+            prefill_bounds=bounds,
+            decode_bounds=bounds,
+            budget=Budget(max_gpus=max_gpus),
+        )
+    )
     for role in (result.prefill, result.decode):
         assert bounds.min_replicas <= role.replicas <= (bounds.max_replicas or 10**9)
     if result.feasible:
@@ -153,8 +207,7 @@ def test_infeasible_tpot_and_budget_are_explained() -> None:
 
 def test_cheapest_gpu_type_wins_with_prices() -> None:
     profiles = PROFILE_SETS[0]
-    request = _request(0, 10.0, 2.0, 25.0, 0.9, "mgc", "poisson",
-                       gpu_prices_per_hour={"h200": 3.5})
+    request = _request(0, 10.0, 2.0, 25.0, 0.9, "mgc", "poisson", gpu_prices_per_hour={"h200": 3.5})
     result = plan(request)
     assert result.cost_per_hour == pytest.approx(result.total_gpus * 3.5)
     with pytest.raises(ValueError, match="no price for GPU type"):

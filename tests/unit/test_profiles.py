@@ -45,7 +45,9 @@ def test_dynamo_import_fits_monotone_curves() -> None:
         tpot = decode.decode.tpot_ms(np.arange(1, 200, dtype=float), context)
         assert np.all(np.diff(tpot) >= -1e-12)
     # Raw ITL at context 350 falls from 46.6 to 41.0 ms between batch 1049 and 1311: noise.
-    assert float(decode.decode.tpot_ms(1311.0, 350.0)) >= float(decode.decode.tpot_ms(1049.0, 350.0))
+    assert float(decode.decode.tpot_ms(1311.0, 350.0)) >= float(
+        decode.decode.tpot_ms(1049.0, 350.0)
+    )
     assert float(decode.decode.tpot_ms(1.0, 350.0)) == pytest.approx(4.38, abs=0.05)
 
 
@@ -92,9 +94,15 @@ GOOD_PREFILL = {"inputTokens": 1000, "maxThroughputTokensPerS": 10000.0}
 @pytest.mark.parametrize(
     ("points", "fragment"),
     [
-        ([{"inputTokens": 1000, "maxThroughputTokensPerS": float("nan")}], "maxThroughputTokensPerS"),
+        (
+            [{"inputTokens": 1000, "maxThroughputTokensPerS": float("nan")}],
+            "maxThroughputTokensPerS",
+        ),
         ([{"inputTokens": -5, "maxThroughputTokensPerS": 100.0}], "inputTokens"),
-        ([GOOD_PREFILL, {"inputTokens": 500, "maxThroughputTokensPerS": 9000.0}], "inputTokens=500"),
+        (
+            [GOOD_PREFILL, {"inputTokens": 500, "maxThroughputTokensPerS": 9000.0}],
+            "inputTokens=500",
+        ),
         ([], "at least 1"),
         ([{"inputTokens": 1000, "maxThroughputTokensPerS": 1.0, "latencyUs": 3}], "latencyUs"),
     ],
@@ -106,23 +114,36 @@ def test_bad_prefill_points_are_refused(points: list[dict[str, object]], fragmen
 
 def test_bad_decode_points_are_refused() -> None:
     with pytest.raises(ValueError, match="at least two batch sizes"):
-        DecodeCurve.model_validate({"points": [
-            {"contextTokens": 100, "batchSize": 1, "tpotMs": 5.0},
-            {"contextTokens": 200, "batchSize": 1, "tpotMs": 6.0},
-        ]})
+        DecodeCurve.model_validate(
+            {
+                "points": [
+                    {"contextTokens": 100, "batchSize": 1, "tpotMs": 5.0},
+                    {"contextTokens": 200, "batchSize": 1, "tpotMs": 6.0},
+                ]
+            }
+        )
     with pytest.raises(ValueError, match="tpotMs"):
-        DecodeCurve.model_validate({"points": [
-            {"contextTokens": 100, "batchSize": 1, "tpotMs": 0.0},
-            {"contextTokens": 100, "batchSize": 2, "tpotMs": 6.0},
-        ]})
+        DecodeCurve.model_validate(
+            {
+                "points": [
+                    {"contextTokens": 100, "batchSize": 1, "tpotMs": 0.0},
+                    {"contextTokens": 100, "batchSize": 2, "tpotMs": 6.0},
+                ]
+            }
+        )
 
 
 def test_document_errors_name_field_and_value() -> None:
     with pytest.raises(ProfileFormatError, match="apiVersion='v0'"):
         parse_profile_document("apiVersion: v0\nkind: ProfileSet\ninstances: []\n")
-    text = dump_profile_document(import_paper_table(
-        input_tokens=6144, prefill_max_throughput_tokens_per_s=28309,
-        decode_batch=[10, 20], decode_tpot_ms=[12.8, 16.4]))
+    text = dump_profile_document(
+        import_paper_table(
+            input_tokens=6144,
+            prefill_max_throughput_tokens_per_s=28309,
+            decode_batch=[10, 20],
+            decode_tpot_ms=[12.8, 16.4],
+        )
+    )
     broken = text.replace("maxThroughputTokensPerS: 28309.0", "maxThroughputTokensPerS: -1")
     with pytest.raises(ProfileFormatError, match=r"maxThroughputTokensPerS.*-1"):
         parse_profile_document(broken)
@@ -133,7 +154,7 @@ def test_document_errors_name_field_and_value() -> None:
 def test_csv_errors_name_line_and_column() -> None:
     prefill = "tp,isl,batch,latency_ms,tokens_per_s,oom,mem_gib\n1,128,1,NaN,5450.1,False,1\n"
     decode = "tp,context,batch,itl_ms,tokens_per_s,oom,mem_gib\n1,1024,1,18.2,54.7,False,1\n"
-    with pytest.raises(ProfileFormatError, match="prefill.csv line 2 latency_ms='NaN'"):
+    with pytest.raises(ProfileFormatError, match=r"prefill\.csv line 2 latency_ms='NaN'"):
         import_aiconfigurator_csv(prefill, decode, "h200")
     with pytest.raises(ProfileFormatError, match="missing column"):
         import_aiconfigurator_csv("tp,isl\n1,2\n", decode, "h200")
@@ -149,8 +170,12 @@ def test_npz_missing_array_is_named() -> None:
 
 def test_paper_table_length_mismatch() -> None:
     with pytest.raises(ProfileFormatError, match="decode_batch has 2 values"):
-        import_paper_table(input_tokens=10, prefill_max_throughput_tokens_per_s=1.0,
-                           decode_batch=[1, 2], decode_tpot_ms=[1.0])
+        import_paper_table(
+            input_tokens=10,
+            prefill_max_throughput_tokens_per_s=1.0,
+            decode_batch=[1, 2],
+            decode_tpot_ms=[1.0],
+        )
 
 
 def test_isotonic_is_least_squares_monotone() -> None:

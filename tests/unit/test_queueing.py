@@ -43,13 +43,16 @@ def mmc_survival_by_convolution(t: float, lam: float, mu: float, c: int) -> floa
     theta = c * mu - lam
 
     tail_after_t = wait_prob * math.exp(-theta * t)  # waits longer than t alone exceed t
-    inside, _ = integrate.quad(lambda w: wait_prob * theta * math.exp(-theta * w)
-                               * math.exp(-mu * (t - w)), 0.0, t)
-    return (1 - wait_prob) * math.exp(-mu * t) + inside + tail_after_t
+    inside, _ = integrate.quad(
+        lambda w: wait_prob * theta * math.exp(-theta * w) * math.exp(-mu * (t - w)), 0.0, t
+    )
+    return float((1 - wait_prob) * math.exp(-mu * t) + inside + tail_after_t)
 
 
-@pytest.mark.parametrize(("lam", "mu", "c"), [(0.5, 1.0, 1), (1.5, 1.0, 2), (7.0, 2.0, 4),
-                                              (3.0, 1.0, 4), (30.0, 1.0, 32)])
+@pytest.mark.parametrize(
+    ("lam", "mu", "c"),
+    [(0.5, 1.0, 1), (1.5, 1.0, 2), (7.0, 2.0, 4), (3.0, 1.0, 4), (30.0, 1.0, 32)],
+)
 def test_mmc_sojourn_survival_matches_convolution(lam: float, mu: float, c: int) -> None:
     for t in (0.1, 0.5, 1.0, 2.5, 6.0):
         assert mmc_sojourn_survival(t, lam, mu, c) == pytest.approx(
@@ -63,8 +66,7 @@ def test_mmc_mean_from_survival_integral() -> None:
     assert mean == pytest.approx(mmc_wait_mean_s(lam, mu, c) + 1 / mu, rel=1e-8)
 
 
-@given(p=st.sampled_from([0.5, 0.9, 0.95, 0.99]), rho=st.floats(0.05, 0.95),
-       c=st.integers(1, 16))
+@given(p=st.sampled_from([0.5, 0.9, 0.95, 0.99]), rho=st.floats(0.05, 0.95), c=st.integers(1, 16))
 @settings(max_examples=100, deadline=None)
 def test_mmc_quantile_inverts_survival(p: float, rho: float, c: int) -> None:
     mu = 1.0
