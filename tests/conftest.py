@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.components.kube",
     "tests.components.prometheus",
     "tests.components.vllm_cpu",
+    "tests.components.vllm_sim",
 ]

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from pdscaler import __version__
 from pdscaler.cli_plan import add_plan_parser
+from pdscaler.cli_vllmsim import add_vllm_sim_parser
 from planner import ProfileFormatError
 
 EXIT_BAD_INPUT = 2
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pdscaler {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_plan_parser(subparsers)
+    add_vllm_sim_parser(subparsers)
     return parser
 
 
