@@ -164,12 +164,13 @@ class SimConfig(FrozenModel):
 
 @dataclass(frozen=True, eq=False)
 class TraceReplay:
-    """Replay a trace, optionally windowed, thinned/replicated and time-compressed.
+    r"""Replay a trace, optionally windowed, thinned/replicated and time-compressed.
 
     Steps, in order: keep the window ``[start_s, start_s + duration_s)`` of the trace's own time
-    axis; scale the rate at constant span by ``rate_scale`` (below 1: keep each request with
-    that probability; above 1: each request appears ``floor(k)`` or ``ceil(k)`` times, copies
-    placed uniformly in the gap to the next arrival); divide all arrival offsets by
+    axis; scale the rate at constant span by ``rate_scale`` :math:`k` (superpose
+    :math:`\lceil k \rceil` copies of the window, each but the first shifted cyclically by an
+    independent uniform offset, and keep each request with probability
+    :math:`k / \lceil k \rceil`: below 1 this is plain thinning); divide all arrival offsets by
     ``time_scale`` (time compression: rate times ``time_scale``, same arrival pattern); keep the
     first ``max_requests``.
 
@@ -233,15 +234,14 @@ class TraceReplay:
         arrival, lin, lout = w.arrival_s, w.input_tokens, w.output_tokens
         k = self.rate_scale
         if k != 1.0:
-            copies = np.floor(k) + (rng.random(arrival.size) < k - np.floor(k))
-            copies = copies.astype(np.int64)
-            gaps = np.diff(arrival, append=arrival[-1] + (np.mean(np.diff(arrival))
-                                                           if arrival.size > 1 else 0.0))
-            index = np.repeat(np.arange(arrival.size), copies)
-            first = np.concatenate(([0], np.cumsum(copies)[:-1]))
-            is_copy = np.arange(index.size) - np.repeat(first, copies) > 0
-            offsets = np.where(is_copy, rng.random(index.size) * gaps[index], 0.0)
-            times = arrival[index] + offsets
+            copies = math.ceil(k)
+            span = float(arrival[-1]) + (float(np.mean(np.diff(arrival))) if arrival.size > 1
+                                         else 1.0)
+            shifts = np.concatenate(([0.0], rng.random(copies - 1) * span))
+            times = np.concatenate([np.mod(arrival + shift, span) for shift in shifts])
+            keep = rng.random(times.size) < k / copies
+            index = np.tile(np.arange(arrival.size), copies)[keep]
+            times = times[keep]
             order = np.argsort(times, kind="stable")
             arrival, lin, lout = times[order], lin[index][order], lout[index][order]
         arrival = arrival / self.time_scale
@@ -469,7 +469,7 @@ def _make_step_time(curve: DecodeCurve, max_batch: int) -> Callable[[int, float]
         if last == 0 or context <= first_context:
             return rows[0][batch]
         upper = bisect_left(contexts, context)
-        if upper > last:
+        if upper > last:  # noqa: PLR1730 (hot path: cheaper than min())
             upper = last
         low = rows[upper - 1][batch]
         value = low + (context - contexts[upper - 1]) * inverse[upper - 1] * (
@@ -749,7 +749,7 @@ def _run(
                 share = chunk / lin_l[i]
                 total += sat_l[i] * share
                 z = zero_l[i] * share
-                if z > floor:
+                if z > floor:  # noqa: PLR1730 (hot path)
                     floor = z
                 p_qwork[j] -= work_l[i] * share
                 left -= chunk
@@ -772,7 +772,8 @@ def _run(
         push(heap, (end, _KIND_PREFILL, j))
 
     # ---------------- queue sampling ----------------
-    sample_dt = max((window_end - window_start) / (config.samples - 1), 1e-9)
+    span_s = window_end - window_start
+    sample_dt = span_s / (config.samples - 1) if span_s > 0 else 1e-3
     next_sample = window_start
     s_time: list[float] = []
     s_pq: list[int] = []
@@ -792,7 +793,9 @@ def _run(
         else:
             break
         events += 1
-        while t >= next_sample:
+        if t >= next_sample:
+            # The state is constant since the last event: one sample at the last grid time.
+            next_sample += sample_dt * math.floor((t - next_sample) / sample_dt)
             s_time.append(next_sample)
             s_pq.append(p_queued_total)
             s_dw.append(d_waiting_total)
@@ -830,8 +833,7 @@ def _run(
             ):
                 admit(j, wait.popleft())
                 d_waiting_total -= 1
-            if d_kv[j] > d_peak_kv[j]:
-                d_peak_kv[j] = d_kv[j]
+            d_peak_kv[j] = max(d_peak_kv[j], d_kv[j])
             if d_n[j] > 0:
                 start_step(j, t)
             else:
@@ -855,8 +857,7 @@ def _run(
             p_requests[j] += 1
             p_queued_total += 1
             p_qwork[j] += work_l[i]
-            if len(p_queue[j]) > p_peak[j]:
-                p_peak[j] = len(p_queue[j])
+            p_peak[j] = max(p_peak[j], len(p_queue[j]))
             if p_busy[j]:
                 p_backlog[j] = p_end[j] + p_qwork[j]
             else:
@@ -879,13 +880,11 @@ def _run(
             if d_busy[j]:
                 d_wait[j].append(i)
                 d_waiting_total += 1
-                if len(d_wait[j]) > d_peak_wait[j]:
-                    d_peak_wait[j] = len(d_wait[j])
+                d_peak_wait[j] = max(d_peak_wait[j], len(d_wait[j]))
             else:
                 admit(j, i)
                 d_busy[j] = True
-                if d_kv[j] > d_peak_kv[j]:
-                    d_peak_kv[j] = d_kv[j]
+                d_peak_kv[j] = max(d_peak_kv[j], d_kv[j])
                 start_step(j, t)
 
     arr_np = arrival
