@@ -1,0 +1,1 @@
+"""Adapters: the only modules that do I/O (the Kubernetes API server, Prometheus)."""

@@ -1,0 +1,555 @@
+"""Read a P/D deployment's workload and latencies from the vLLM series in Prometheus.
+
+What is read, per role (each role's own series for what it measures)
+--------------------------------------------------------------------
+prefill
+    arrival rate (completed prefills per second plus the growth of the waiting queue), prompt
+    lengths (``vllm:request_prompt_tokens`` histogram: mean and distribution), its TTFT (queueing
+    plus prefill compute), waiting and running requests, KV-cache usage;
+decode
+    output lengths (``vllm:request_generation_tokens``), TPOT (inter-token latency), its TTFT (the
+    KV-cache transfer and first decode step), waiting and running requests, KV-cache usage.
+
+vLLM renamed series across releases, so the names are not assumed: a discovery query per role
+(cached) finds which of each quantity's candidate names the role's targets export
+(:data:`CATALOGUE`), and the main query uses those. All quantities of both roles are fetched in
+*one* PromQL query: each sub-expression is tagged with ``label_replace`` and the results joined
+with ``or``.
+
+Missing, stale or NaN values are reported by name (:attr:`Observation.missing`); the workload is
+only built when every required series is present and fresh.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from planner import LengthDistribution, Workload
+
+QueryFn = Callable[[str], Sequence[tuple[Mapping[str, str], float]]]
+Role = Literal["prefill", "decode"]
+ROLES: tuple[Role, Role] = ("prefill", "decode")
+TAG = "pdscaler_q"
+_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class Quantity:
+    """One measured quantity and the series names vLLM releases export it under (preferred
+    first)."""
+
+    key: str
+    kind: Literal["histogram", "counter", "gauge"]
+    names: tuple[str, ...]
+
+    def probe(self, name: str) -> str:
+        """The series whose presence shows that ``name`` is exported."""
+        return f"{name}_count" if self.kind == "histogram" else name
+
+
+CATALOGUE: dict[str, Quantity] = {
+    q.key: q
+    for q in (
+        Quantity("requests", "counter", ("vllm:request_success_total",)),
+        Quantity("prompt_tokens", "histogram", ("vllm:request_prompt_tokens",)),
+        Quantity("generation_tokens", "histogram", ("vllm:request_generation_tokens",)),
+        Quantity("ttft", "histogram", ("vllm:time_to_first_token_seconds",)),
+        Quantity(
+            "tpot",
+            "histogram",
+            (
+                "vllm:inter_token_latency_seconds",
+                "vllm:time_per_output_token_seconds",
+                "vllm:request_time_per_output_token_seconds",
+            ),
+        ),
+        Quantity(
+            "kv_cache",
+            "gauge",
+            ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc", "vllm:cpu_cache_usage_perc"),
+        ),
+        Quantity("waiting", "gauge", ("vllm:num_requests_waiting",)),
+        Quantity("running", "gauge", ("vllm:num_requests_running",)),
+    )
+}
+
+ROLE_QUANTITIES: dict[Role, tuple[str, ...]] = {
+    "prefill": ("requests", "prompt_tokens", "ttft", "waiting", "running", "kv_cache"),
+    "decode": ("requests", "generation_tokens", "ttft", "tpot", "waiting", "running", "kv_cache"),
+}
+REQUIRED: dict[Role, tuple[str, ...]] = {
+    "prefill": ("requests", "prompt_tokens", "running"),
+    "decode": ("generation_tokens", "running"),
+}
+
+
+class MetricsError(RuntimeError):
+    """Prometheus could not be queried (unreachable, timeout, bad answer)."""
+
+
+def escape_label_value(value: str) -> str:
+    r"""Escape a string for a PromQL double-quoted literal.
+
+    Examples
+    --------
+    >>> print(escape_label_value('a"b\\c\nd'))
+    a\"b\\c\nd
+    """
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def selector(match_labels: Mapping[str, str], match_regex: Mapping[str, str] | None = None) -> str:
+    """PromQL matchers (without braces) for label equality and regex matchers.
+
+    Label names are checked; values are escaped, so any value is safe.
+
+    Examples
+    --------
+    >>> selector({"job": 'vllm"p'}, {"pod": "prefill-.*"})
+    'job="vllm\\\\"p",pod=~"prefill-.*"'
+    """
+    parts: list[str] = []
+    for op, mapping in (("=", match_labels), ("=~", match_regex or {})):
+        for name in sorted(mapping):
+            if not _LABEL_NAME.match(name):
+                raise ValueError(f"{name!r} is not a Prometheus label name")
+            parts.append(f'{name}{op}"{escape_label_value(mapping[name])}"')
+    return ",".join(parts)
+
+
+def discovery_query(role_selector: str, role: Role) -> str:
+    """One query listing which candidate series the role's targets export.
+
+    Examples
+    --------
+    >>> q = discovery_query('job="p"', "decode")
+    >>> q.startswith('group by (__name__) ({__name__=~"'), "vllm:gpu_cache_usage_perc|" in q
+    (True, True)
+    """
+    names = sorted(
+        {
+            CATALOGUE[key].probe(name)
+            for key in ROLE_QUANTITIES[role]
+            for name in CATALOGUE[key].names
+        }
+    )
+    pattern = "|".join(names)
+    return f'group by (__name__) ({{__name__=~"{pattern}",{role_selector}}})'
+
+
+def choose_names(role: Role, exported: set[str]) -> dict[str, str]:
+    """For each quantity of ``role``, the first candidate name found in ``exported``.
+
+    Examples
+    --------
+    >>> choose_names("decode", {"vllm:time_per_output_token_seconds_count",
+    ...                         "vllm:gpu_cache_usage_perc"})
+    {'tpot': 'vllm:time_per_output_token_seconds', 'kv_cache': 'vllm:gpu_cache_usage_perc'}
+    """
+    chosen: dict[str, str] = {}
+    for key in ROLE_QUANTITIES[role]:
+        quantity = CATALOGUE[key]
+        for name in quantity.names:
+            if quantity.probe(name) in exported:
+                chosen[key] = name
+                break
+    return chosen
+
+
+@dataclass(frozen=True)
+class RoleQuery:
+    """What to read for one role."""
+
+    role: Role
+    selector: str
+    names: Mapping[str, str]
+    window_s: float
+    ttft_percentile: float | None = None
+    tpot_percentile: float | None = None
+
+
+def _tag(expr: str, tag: str) -> str:
+    return f'label_replace({expr}, "{TAG}", "{tag}", "", "")'
+
+
+def _window(seconds: float) -> str:
+    return f"{max(round(seconds), 1)}s"
+
+
+def role_expressions(q: RoleQuery) -> list[tuple[str, str]]:
+    """``(tag, PromQL)`` pairs for one role; tags are ``<p|d>.<quantity>``."""
+    prefix = "p" if q.role == "prefill" else "d"
+    sel, w = q.selector, _window(q.window_s)
+    out: list[tuple[str, str]] = []
+
+    def add(tag: str, expr: str) -> None:
+        out.append((f"{prefix}.{tag}", expr))
+
+    names = q.names
+    if "running" in names:
+        running = names["running"]
+        add("running", f"sum({running}{{{sel}}})")
+        add("instances", f"count({running}{{{sel}}})")
+        add("age_s", f"time() - max(timestamp({running}{{{sel}}}))")
+    if "waiting" in names:
+        waiting = names["waiting"]
+        add("waiting", f"sum({waiting}{{{sel}}})")
+        add("queue_growth_per_s", f"sum(deriv({waiting}{{{sel}}}[{w}]))")
+    if "kv_cache" in names:
+        add("kv_cache", f"avg({names['kv_cache']}{{{sel}}})")
+    if "requests" in names:
+        add("rate_per_s", f"sum(rate({names['requests']}{{{sel}}}[{w}]))")
+    lengths = "prompt_tokens" if q.role == "prefill" else "generation_tokens"
+    if lengths in names:
+        base = names[lengths]
+        add("len_sum", f"sum(rate({base}_sum{{{sel}}}[{w}]))")
+        add("len_count", f"sum(rate({base}_count{{{sel}}}[{w}]))")
+        add("len_bucket", f"sum by (le) (rate({base}_bucket{{{sel}}}[{w}]))")
+    for key, percentile in (("ttft", q.ttft_percentile), ("tpot", q.tpot_percentile)):
+        if key not in names or (key == "tpot" and q.role == "prefill"):
+            continue
+        base = names[key]
+        add(
+            f"{key}_mean",
+            f"sum(rate({base}_sum{{{sel}}}[{w}])) / sum(rate({base}_count{{{sel}}}[{w}]))",
+        )
+        if percentile is not None:
+            add(
+                f"{key}_q",
+                f"histogram_quantile({percentile:g}, sum by (le) "
+                f"(rate({base}_bucket{{{sel}}}[{w}])))",
+            )
+    return out
+
+
+def combined_query(queries: Sequence[RoleQuery]) -> str:
+    """All roles' expressions in one PromQL query, each tagged with label ``pdscaler_q``."""
+    parts = [_tag(expr, tag) for q in queries for tag, expr in role_expressions(q)]
+    return " or ".join(parts)
+
+
+@dataclass(frozen=True)
+class RoleMetrics:
+    """Values read for one role; ``None`` when absent or NaN."""
+
+    instances: int | None = None
+    age_s: float | None = None
+    running: float | None = None
+    waiting: float | None = None
+    queue_growth_per_s: float | None = None
+    kv_cache: float | None = None
+    rate_per_s: float | None = None
+    len_sum: float | None = None
+    len_count: float | None = None
+    len_buckets: tuple[tuple[float, float], ...] = ()
+    ttft_mean_s: float | None = None
+    ttft_q_s: float | None = None
+    tpot_mean_s: float | None = None
+    tpot_q_s: float | None = None
+
+    @property
+    def length_mean(self) -> float | None:
+        if self.len_sum is None or self.len_count is None or self.len_count <= 0:
+            return None
+        mean = self.len_sum / self.len_count
+        return mean if math.isfinite(mean) and mean > 0 else None
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What Prometheus said about both roles, and the workload built from it."""
+
+    prefill: RoleMetrics
+    decode: RoleMetrics
+    workload: Workload | None
+    rate_per_s: float | None
+    missing: tuple[str, ...]
+    metric_names: dict[str, str] = field(default_factory=dict)
+    idle: bool = False
+    """Fresh series report no arrivals at all in the window (rate 0)."""
+
+    @property
+    def available(self) -> bool:
+        return not self.missing
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def parse_role(
+    samples: Sequence[tuple[Mapping[str, str], float]], prefix: str
+) -> tuple[RoleMetrics, set[str]]:
+    """Pick one role's tagged values out of the combined result; also the NaN tags."""
+    scalars: dict[str, float | None] = {}
+    buckets: list[tuple[float, float]] = []
+    nan_tags: set[str] = set()
+    for labels, value in samples:
+        tag = labels.get(TAG, "")
+        role_prefix, _, name = tag.partition(".")
+        if role_prefix != prefix:
+            continue
+        if name == "len_bucket":
+            try:
+                bound = float(labels.get("le", "nan"))
+            except ValueError:
+                continue
+            if math.isfinite(value) and not math.isnan(bound):
+                buckets.append((bound, value))
+            continue
+        if not math.isfinite(value):
+            nan_tags.add(name)
+        scalars[name] = _finite(value)
+    instances = scalars.get("instances")
+    metrics = RoleMetrics(
+        instances=int(instances) if instances is not None else None,
+        age_s=scalars.get("age_s"),
+        running=scalars.get("running"),
+        waiting=scalars.get("waiting"),
+        queue_growth_per_s=scalars.get("queue_growth_per_s"),
+        kv_cache=scalars.get("kv_cache"),
+        rate_per_s=scalars.get("rate_per_s"),
+        len_sum=scalars.get("len_sum"),
+        len_count=scalars.get("len_count"),
+        len_buckets=tuple(sorted(buckets)),
+        ttft_mean_s=scalars.get("ttft_mean"),
+        ttft_q_s=scalars.get("ttft_q"),
+        tpot_mean_s=scalars.get("tpot_mean"),
+        tpot_q_s=scalars.get("tpot_q"),
+    )
+    return metrics, nan_tags
+
+
+def distribution_from_histogram(
+    buckets: Sequence[tuple[float, float]], mean: float | None = None
+) -> LengthDistribution | None:
+    r"""A token-length distribution from cumulative histogram buckets ``(le, count)``.
+
+    Each bucket :math:`(l_{i-1}, l_i]` becomes a support point at its midpoint (the first
+    bucket's lower bound is 0, a point is at least 1 token) with weight
+    :math:`c_i - c_{i-1}` (negative differences, from counter noise, count as 0). The ``+Inf``
+    bucket's point is chosen so that the distribution's mean equals ``mean`` (the exact
+    ``_sum / _count``) when that point lies above the last finite bound; otherwise it is at
+    1.5 times that bound, and all points are then scaled to give the exact ``mean``.
+
+    Returns ``None`` when the buckets hold no observations.
+
+    Examples
+    --------
+    >>> d = distribution_from_histogram([(10, 0), (100, 6), (1000, 9), (math.inf, 10)], 300.0)
+    >>> [round(v) for v in d.values], [round(w, 3) for w in d.weights], round(d.mean, 6)
+    ([55, 550, 1020], [0.6, 0.3, 0.1], 300.0)
+    """
+    ordered = sorted(buckets)
+    points: list[float] = []
+    weights: list[float] = []
+    lower, previous = 0.0, 0.0
+    inf_mass = 0.0
+    last_finite = 0.0
+    for bound, cumulative in ordered:
+        mass = max(cumulative - previous, 0.0)
+        previous = max(cumulative, previous)
+        if math.isinf(bound):
+            inf_mass += mass
+            continue
+        if mass > 0:
+            points.append(max((lower + bound) / 2.0, min(bound, 1.0)))
+            weights.append(mass)
+        lower = bound
+        last_finite = bound
+    total = sum(weights) + inf_mass
+    if total <= 0:
+        return None
+    if inf_mass > 0:
+        fallback = max(1.5 * last_finite, 1.0)
+        point = fallback
+        if mean is not None:
+            solved = (mean * total - sum(p * w for p, w in zip(points, weights, strict=True)))
+            solved /= inf_mass
+            if solved > last_finite:
+                point = solved
+        points.append(point)
+        weights.append(inf_mass)
+    probabilities = [w / total for w in weights]
+    approx = sum(p * w for p, w in zip(points, probabilities, strict=True))
+    if mean is not None and approx > 0 and abs(approx - mean) > 1e-9 * mean:
+        points = [p * mean / approx for p in points]
+    residual = 1.0 - sum(probabilities)
+    probabilities[-1] += residual
+    return LengthDistribution(values=tuple(points), weights=tuple(probabilities))
+
+
+ROLE_LABEL = {"prefill": "p", "decode": "d"}
+DESCRIBE = {
+    "rate_per_s": "rate({requests}[{w}])",
+    "len": "{lengths}_sum/_count",
+    "running": "{running}",
+}
+
+
+def build_observation(
+    samples: Sequence[tuple[Mapping[str, str], float]],
+    queries: Sequence[RoleQuery],
+    max_age_s: float,
+) -> Observation:
+    """Turn the combined query's answer into per-role metrics and, if complete, a workload.
+
+    Required: for both roles a fresh ``running`` gauge (newest sample at most ``max_age_s``
+    old); on prefill the request rate and prompt lengths; on decode the output lengths. Each
+    missing, stale or NaN one is named in :attr:`Observation.missing`.
+    """
+    by_role = {q.role: q for q in queries}
+    metrics: dict[Role, RoleMetrics] = {}
+    missing: list[str] = []
+    names: dict[str, str] = {}
+    for role in ROLES:
+        query = by_role[role]
+        role_metrics, nan_tags = parse_role(samples, ROLE_LABEL[role])
+        metrics[role] = role_metrics
+        for key, name in query.names.items():
+            names[f"{role}.{key}"] = name
+        checks: list[tuple[str, bool, str]] = [
+            ("running", "running" in query.names and role_metrics.instances is not None,
+             "no series"),
+        ]
+        if role_metrics.instances is not None:
+            age = role_metrics.age_s
+            checks.append(("running", age is not None and age <= max_age_s,
+                           f"stale: newest sample {age:.0f} s old" if age is not None
+                           else "stale"))
+        if role == "prefill":
+            checks.append(("requests", role_metrics.rate_per_s is not None,
+                           "NaN" if "rate_per_s" in nan_tags else "no series"))
+            checks.append(("prompt_tokens", role_metrics.length_mean is not None
+                           or role_metrics.rate_per_s == 0.0,
+                           "NaN" if "len_sum" in nan_tags else "no series"))
+        else:
+            checks.append(("generation_tokens", role_metrics.length_mean is not None
+                           or metrics["prefill"].rate_per_s == 0.0,
+                           "NaN" if "len_sum" in nan_tags else "no series"))
+        for key, ok, what in checks:
+            if not ok:
+                name = query.names.get(key) or "|".join(CATALOGUE[key].names)
+                missing.append(f"{role}: {name}{{{query.selector}}} ({what})")
+    prefill, decode = metrics["prefill"], metrics["decode"]
+    rate: float | None = None
+    if prefill.rate_per_s is not None:
+        rate = prefill.rate_per_s + max(prefill.queue_growth_per_s or 0.0, 0.0)
+    workload: Workload | None = None
+    idle = False
+    if not missing and rate is not None:
+        if rate <= 0:
+            idle = True
+        else:
+            in_mean, out_mean = prefill.length_mean, decode.length_mean
+            assert in_mean is not None and out_mean is not None
+            inputs = distribution_from_histogram(prefill.len_buckets, in_mean)
+            outputs = distribution_from_histogram(decode.len_buckets, out_mean)
+            workload = Workload(
+                rate_per_s=rate,
+                input_tokens=inputs or LengthDistribution.constant(in_mean),
+                output_tokens=outputs or LengthDistribution.constant(out_mean),
+            )
+    return Observation(
+        prefill=prefill,
+        decode=decode,
+        workload=workload,
+        rate_per_s=rate,
+        missing=tuple(missing),
+        metric_names=names,
+        idle=idle,
+    )
+
+
+class MetricNameCache:
+    """Remembers which series names each role exports, per Prometheus and selector, with a TTL."""
+
+    def __init__(self, ttl_s: float) -> None:
+        self.ttl_s = ttl_s
+        self._entries: dict[tuple[str, str, str], tuple[float, dict[str, str]]] = {}
+
+    def get(self, url: str, role: Role, role_selector: str, now_s: float) -> dict[str, str] | None:
+        entry = self._entries.get((url, role, role_selector))
+        if entry is None or now_s - entry[0] > self.ttl_s:
+            return None
+        return entry[1]
+
+    def put(self, url: str, role: Role, role_selector: str, names: dict[str, str], now_s: float
+            ) -> None:
+        if len(self._entries) > 20_000:
+            self._entries.clear()
+        self._entries[(url, role, role_selector)] = (now_s, names)
+
+    def forget(self, url: str, role: Role, role_selector: str) -> None:
+        self._entries.pop((url, role, role_selector), None)
+
+
+def read_observation(
+    query: QueryFn,
+    url: str,
+    selectors: Mapping[Role, str],
+    window_s: float,
+    max_age_s: float,
+    names_cache: MetricNameCache,
+    now_s: float,
+    ttft_percentile: float | None = None,
+    tpot_percentile: float | None = None,
+) -> Observation:
+    """Discover the series names (cached), run the combined query, build the observation.
+
+    ``query`` runs one PromQL instant query and returns ``(labels, value)`` pairs; it raises
+    :class:`MetricsError` when Prometheus cannot answer.
+    """
+    queries: list[RoleQuery] = []
+    for role in ROLES:
+        role_selector = selectors[role]
+        names = names_cache.get(url, role, role_selector, now_s)
+        if names is None:
+            exported = {
+                labels.get("__name__", "")
+                for labels, _ in query(discovery_query(role_selector, role))
+            }
+            names = choose_names(role, exported)
+            if names:
+                names_cache.put(url, role, role_selector, names, now_s)
+        queries.append(
+            RoleQuery(
+                role=role,
+                selector=role_selector,
+                names=names,
+                window_s=window_s,
+                ttft_percentile=ttft_percentile,
+                tpot_percentile=tpot_percentile,
+            )
+        )
+    text = combined_query(queries)
+    samples = query(text) if text else []
+    observation = build_observation(samples, queries, max_age_s)
+    if observation.missing:
+        # A target may have been upgraded (renamed series): rediscover next time.
+        for q in queries:
+            names_cache.forget(url, q.role, q.selector)
+    return observation
+
+
+__all__ = [
+    "CATALOGUE",
+    "MetricNameCache",
+    "MetricsError",
+    "Observation",
+    "RoleMetrics",
+    "RoleQuery",
+    "build_observation",
+    "choose_names",
+    "combined_query",
+    "discovery_query",
+    "distribution_from_histogram",
+    "escape_label_value",
+    "read_observation",
+    "role_expressions",
+    "selector",
+]
