@@ -261,13 +261,16 @@ def decide(role: RoleInput, policy: ControlPolicy, now_s: float) -> Decision:
     if role.recommended_replicas is None:
         history = trim_history(role.history, now_s, policy.history_window_s)
         desired = max(current, policy.min_replicas)
+        limited = role.capacity_limit is not None and desired > max(current, role.capacity_limit)
+        if limited and role.capacity_limit is not None:
+            desired = max(current, role.capacity_limit)
         change: Change = "scale_up" if desired > current else "none"
         reason = (
             f"no recommendation (metrics missing): raising {current} to minReplicas {desired}"
             if desired > current
             else f"no recommendation (metrics missing): holding {current} replicas"
         )
-        return Decision(desired, change, reason, history, None, "missing_data", False)
+        return Decision(desired, change, reason, history, None, "missing_data", limited)
 
     bounded = policy.clamp(role.recommended_replicas)
     history = trim_history(

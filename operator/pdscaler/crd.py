@@ -331,15 +331,29 @@ def render_peering() -> str:
     return render(peering_documents(), " --peering")
 
 
+def render_peering_crds() -> str:
+    """kopf's peering CRDs only (the Helm chart's ``crds/``; its templates create the object)."""
+    return render(peering_documents()[:2], " --peering-crds")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m pdscaler.crd", description="Print the generated CRD YAML."
     )
-    parser.add_argument(
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument(
         "--peering", action="store_true", help="print kopf's peering CRDs and object instead"
     )
+    what.add_argument(
+        "--peering-crds", action="store_true", help="print kopf's peering CRDs only"
+    )
     args = parser.parse_args(argv)
-    sys.stdout.write(render_peering() if args.peering else render_crd())
+    if args.peering:
+        sys.stdout.write(render_peering())
+    elif args.peering_crds:
+        sys.stdout.write(render_peering_crds())
+    else:
+        sys.stdout.write(render_crd())
     return 0
 
 

@@ -364,7 +364,7 @@ def distribution_from_histogram(
     total = sum(weights) + inf_mass
     if total <= 0:
         return None
-    if inf_mass > 0:
+    if inf_mass > 1e-9 * total:
         fallback = max(1.5 * last_finite, 1.0)
         point = fallback
         if mean is not None:
@@ -374,12 +374,14 @@ def distribution_from_histogram(
                 point = solved
         points.append(point)
         weights.append(inf_mass)
-    probabilities = [w / total for w in weights]
+    elif not points:
+        return None
+    mass = sum(weights)
+    probabilities = [w / mass for w in weights]
+    probabilities[-1] += 1.0 - sum(probabilities)
     approx = sum(p * w for p, w in zip(points, probabilities, strict=True))
     if mean is not None and approx > 0 and abs(approx - mean) > 1e-9 * mean:
         points = [p * mean / approx for p in points]
-    residual = 1.0 - sum(probabilities)
-    probabilities[-1] += residual
     return LengthDistribution(values=tuple(points), weights=tuple(probabilities))
 
 

@@ -299,7 +299,8 @@ class Cluster:
         self.core = client.CoreV1Api(self.api)
 
     def create_deployment(self, name: str, replicas: int, ready: int | None = None) -> None:
-        self.apps.create_namespaced_deployment(self.namespace, deployment(name, replicas))
+        manifest = cast(Any, deployment(name, replicas))
+        self.apps.create_namespaced_deployment(self.namespace, manifest)
         self.set_ready(name, replicas if ready is None else ready)
 
     def set_ready(self, name: str, ready: int, replicas: int | None = None) -> None:
