@@ -446,21 +446,20 @@ class SimResult:
         return out
 
 
-def _step_table(curve: DecodeCurve, max_batch: int) -> tuple[list[float], list[list[float]]]:
-    """Decode step time (seconds) per row context and batch 0..max_batch (index 0 unused).
+def _step_table(curve: DecodeCurve, batches: FloatArray) -> tuple[list[float], list[list[float]]]:
+    """Decode step time (seconds) per row context (outer) and per batch in ``batches``.
 
     Rows are the profile's own fitted values at its measured contexts; :func:`_make_step_time`
     interpolates between them exactly as :meth:`DecodeCurve.tpot_ms` does.
     """
     contexts = sorted({float(p.context_tokens) for p in curve.points})
-    batches = np.arange(0, max_batch + 1, dtype=np.float64)
-    batches[0] = 1.0
     rows = [(curve.tpot_ms(batches, c) / 1000.0).tolist() for c in contexts]
     return contexts, rows
 
 
-def _make_step_time(curve: DecodeCurve, max_batch: int) -> Callable[[int, float], float]:
-    contexts, rows = _step_table(curve, max_batch)
+def _make_step_time(curve: DecodeCurve, batches: FloatArray) -> Callable[[int, float], float]:
+    """``step_time(k, context)``: the step time at batch ``batches[k]`` and ``context``."""
+    contexts, rows = _step_table(curve, batches)
     last = len(contexts) - 1
     first_context = contexts[0]
     inverse = [1.0 / (contexts[k + 1] - contexts[k]) for k in range(last)]
@@ -483,6 +482,9 @@ def _make_step_time(curve: DecodeCurve, max_batch: int) -> Callable[[int, float]
 def decode_step_time_s(curve: DecodeCurve, batch: int, context_tokens: float) -> float:
     """The simulator's decode step time: ``curve.tpot_ms(batch, context) / 1000`` (seconds).
 
+    Computed the simulator's way (per-batch rows at the profile's measured contexts,
+    interpolated in context), which equals the profile's fitted TPOT.
+
     Examples
     --------
     >>> from planner.paper import paper_profiles
@@ -490,7 +492,7 @@ def decode_step_time_s(curve: DecodeCurve, batch: int, context_tokens: float) ->
     >>> round(decode_step_time_s(curve, 30, 6144.0) * 1000, 3)
     18.8
     """
-    return _make_step_time(curve, max(batch, 1))(batch, context_tokens)
+    return _make_step_time(curve, np.array([float(batch)]))(0, context_tokens)
 
 
 def generate_requests(
@@ -553,6 +555,10 @@ def simulate(config: SimConfig, workload: WorkloadSpec, seed: int = 0) -> SimRes
     return _run(config, arrival, lin, lout, streams, seed)
 
 
+def _no_decode(batch: int, context: float) -> float:
+    raise AssertionError("no decode profile")
+
+
 def _run(
     config: SimConfig,
     arrival: FloatArray,
@@ -612,14 +618,16 @@ def _run(
     dprof = config.decode
     has_decode = dprof is not None
     n_dec = config.decode_replicas if has_decode else 0
-    step_time: Callable[[int, float], float] | None = None
     max_batch = 1
     kv_cap = math.inf
+    step_time: Callable[[int, float], float] = _no_decode
     if dprof is not None:
         assert dprof.decode is not None
         max_batch = config.batch_limit
         kv_cap = config.kv_capacity
-        step_time = _make_step_time(dprof.decode, max_batch)
+        # Index 0 is never used (a step has at least one sequence); batch n at index n.
+        step_time = _make_step_time(dprof.decode,
+                                    np.maximum(np.arange(max_batch + 1, dtype=np.float64), 1.0))
     nd = n_dec or 0
     d_k = [0] * nd
     d_n = [0] * nd
@@ -650,21 +658,18 @@ def _run(
     d_running_total = 0
 
     def start_step(j: int, t: float) -> None:
-        assert step_time is not None
         n = d_n[j]
         dt = step_time(n, d_ctx[j] / n + d_k[j])
         d_start[j] = t
         push(heap, (t + dt, _KIND_STEP, j))
 
     def admit(j: int, i: int) -> None:
-        nonlocal d_running_total
         k = d_k[j]
         admit_step[i] = k
         d_n[j] += 1
         d_ctx[j] += ctx0_l[i] - k
         d_kv[j] += reserve_l[i]
         heapq.heappush(d_heap[j], (k + n_steps_l[i], i))
-        d_running_total += 1
         if first_from_decode:
             d_new[j].append(i)
 
@@ -680,7 +685,6 @@ def _run(
         if not first_from_decode:
             first[i] = ready
         if n_dec is None:
-            assert step_time is not None
             one = step_time(1, ctx0_l[i])
             mid = step_time(1, ctx0_l[i] + (steps - 1) / 2.0)
             if first_from_decode:
@@ -804,12 +808,13 @@ def _run(
         if kind == _KIND_STEP:
             j = idx
             n = d_n[j]
-            duration = t - d_start[j]
-            d_busy_time[j] += clip(d_start[j], t)
-            d_batch_time[j] += n * clip(d_start[j], t)
+            start = d_start[j]
+            covered = t - start if start >= window_start and t <= window_end else clip(start, t)
+            d_busy_time[j] += covered
+            d_batch_time[j] += n * covered
             d_tokens[j] += n
             if t >= warm_t:
-                step_dur.append(duration)
+                step_dur.append(t - start)
                 step_n.append(n)
             k = d_k[j] + 1
             d_k[j] = k
@@ -818,24 +823,27 @@ def _run(
                     first[i] = t
                 d_new[j] = []
             h = d_heap[j]
-            while h and h[0][0] == k:
-                _, i = heapq.heappop(h)
-                finish[i] = t
-                n -= 1
-                d_ctx[j] -= ctx0_l[i] - admit_step[i]
-                d_kv[j] -= reserve_l[i]
-                d_assigned[j] -= 1
-                d_running_total -= 1
-            d_n[j] = n
+            if h[0][0] == k:
+                while h and h[0][0] == k:
+                    _, i = heapq.heappop(h)
+                    finish[i] = t
+                    n -= 1
+                    d_ctx[j] -= ctx0_l[i] - admit_step[i]
+                    d_kv[j] -= reserve_l[i]
+                    d_assigned[j] -= 1
+                    d_running_total -= 1
+                d_n[j] = n
             wait = d_wait[j]
-            while wait and d_n[j] < max_batch and (
-                d_n[j] == 0 or d_kv[j] + reserve_l[wait[0]] <= kv_cap
-            ):
-                admit(j, wait.popleft())
-                d_waiting_total -= 1
-            d_peak_kv[j] = max(d_peak_kv[j], d_kv[j])
-            if d_n[j] > 0:
-                start_step(j, t)
+            if wait:
+                while wait and n < max_batch and (n == 0 or d_kv[j] + reserve_l[wait[0]] <= kv_cap):
+                    admit(j, wait.popleft())
+                    n += 1
+                    d_waiting_total -= 1
+                    d_running_total += 1
+                d_peak_kv[j] = max(d_peak_kv[j], d_kv[j])
+            if n > 0:
+                d_start[j] = t
+                push(heap, (t + step_time(n, d_ctx[j] / n + k), _KIND_STEP, j))
             else:
                 d_ctx[j] = 0.0
                 d_busy[j] = False
@@ -883,6 +891,7 @@ def _run(
                 d_peak_wait[j] = max(d_peak_wait[j], len(d_wait[j]))
             else:
                 admit(j, i)
+                d_running_total += 1
                 d_busy[j] = True
                 d_peak_kv[j] = max(d_peak_kv[j], d_kv[j])
                 start_step(j, t)
