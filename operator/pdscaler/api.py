@@ -94,6 +94,7 @@ class StatusModel(CrdModel):
 
 def _label_map_rule(field: str) -> dict[str, Any]:
     return {
+        "default": {},
         "maxProperties": MAX_LABELS,
         "x-kubernetes-validations": [
             {
@@ -439,7 +440,7 @@ class BudgetSpec(CrdModel):
         default_factory=dict,
         max_length=64,
         description="Price of one GPU-hour per GPU type of the profile.",
-        json_schema_extra={"maxProperties": 64},
+        json_schema_extra={"maxProperties": 64, "default": {}},
     )
 
     @field_validator("gpu_prices_per_hour")

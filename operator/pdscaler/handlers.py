@@ -1,6 +1,6 @@
 """kopf handlers (thin): one daemon per PDDeployment runs :func:`pdscaler.reconcile.reconcile`.
 
-* The **daemon** reconciles at once, then every ``spec.behavior.intervalS`` (operator default
+* The **daemon** reconciles shortly after it starts (:data:`START_DELAY_S`), then every ``spec.behavior.intervalS`` (operator default
   otherwise, with ±5 % jitter so that many objects spread out), in a bounded thread pool: the
   Kubernetes and Prometheus clients are blocking. Errors never end it: it retries with
   exponential backoff (1 s, 2 s, 4 s, ... up to the interval).
@@ -35,6 +35,9 @@ log = logging.getLogger("pdscaler.handlers")
 registry = kopf.OperatorRegistry()
 MEMO_KEY = "pdscaler"
 FINALIZER = f"{GROUP}/finalizer"
+START_DELAY_S = 2.0
+"""Before an object's first reconcile: two replicas started at the same moment both resume
+until each sees the other's peering keep-alive; this delay lets the lower one pause first."""
 
 
 @dataclass
@@ -111,7 +114,8 @@ async def _pause(stopped: Any, waker: asyncio.Event, delay_s: float) -> None:
     waker.clear()
 
 
-@kopf.daemon(GROUP, VERSION, PLURAL, registry=registry, cancellation_timeout=30.0)
+@kopf.daemon(GROUP, VERSION, PLURAL, registry=registry, cancellation_timeout=30.0,
+             initial_delay=START_DELAY_S)
 async def pddeployment_daemon(
     body: kopf.Body, uid: str, namespace: str | None, name: str, stopped: kopf.DaemonStopped,
     memo: Any, **_: Any,
