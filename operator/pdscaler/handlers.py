@@ -1,7 +1,8 @@
 """kopf handlers (thin): one daemon per PDDeployment runs :func:`pdscaler.reconcile.reconcile`.
 
-* The **daemon** reconciles shortly after it starts (:data:`START_DELAY_S`), then every ``spec.behavior.intervalS`` (operator default
-  otherwise, with ±5 % jitter so that many objects spread out), in a bounded thread pool: the
+* The **daemon** reconciles shortly after it starts (:data:`START_DELAY_S`), then every
+  ``spec.behavior.intervalS`` (operator default otherwise, with ±5 % jitter so that many
+  objects spread out), in a bounded thread pool: the
   Kubernetes and Prometheus clients are blocking. Errors never end it: it retries with
   exponential backoff (1 s, 2 s, 4 s, ... up to the interval).
 * The **event** handler wakes the daemon when the spec changes (``metadata.generation`` ahead of

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-
 from pdscaler.api import parse_spec
+from pdscaler.settings import load_settings
+
 from tests.components.kube import KubeControlPlane
-from tests.components.util import ComponentError
+from tests.components.util import ComponentError, cache_dir
 from tests.integration.test_operator_support import (  # noqa: F401 - fixtures
     REPO,
     operator_crds_fixture,
@@ -122,3 +125,45 @@ def test_rbac_and_operator_manifests_apply(operator_crds: KubeControlPlane) -> N
     # No controller runs here: the Deployment is stored, not rolled out. Remove it again.
     operator_crds.kubectl("delete", "-f", str(REPO / "deploy" / "operator.yaml"),
                           "--wait=false")
+
+
+def _helm() -> str:
+    found = shutil.which("helm") or str(cache_dir() / "helm" / "bin" / "helm")
+    if not Path(found).is_file():
+        pytest.skip("helm not installed (go install helm.sh/helm/v3/cmd/helm@v3.22.0)")
+    return found
+
+
+@pytest.mark.parametrize("values", [[], ["--set", "watchNamespaces={team-a,team-b}"]],
+                         ids=["cluster-wide", "two-namespaces"])
+def test_helm_chart_renders_valid_objects(
+    operator_crds: KubeControlPlane, values: list[str]
+) -> None:
+    helm = _helm()
+    chart = REPO / "charts" / "pdscaler"
+    lint = subprocess.run([helm, "lint", str(chart), *values], capture_output=True, text=True,
+                          check=False)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    rendered = subprocess.run(
+        [helm, "template", "pds", str(chart), "--namespace", "pdscaler-system", *values],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    documents = [d for d in yaml.safe_load_all(rendered) if d]
+    kinds = sorted(d["kind"] for d in documents)
+    assert {"ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "Service",
+            "ServiceAccount"} <= set(kinds)
+    # The settings the chart writes are settings the operator accepts.
+    settings = next(d for d in documents if d["kind"] == "ConfigMap")["data"]
+    loaded = load_settings(settings)
+    assert loaded.all_namespaces != bool(loaded.namespaces)
+    assert next(d for d in documents if d["kind"] == "Deployment")["spec"]["replicas"] == 2
+    # Every object is accepted by the API server.
+    operator_crds.kubectl("apply", "-f", str(REPO / "deploy" / "rbac.yaml"))
+    for namespace in ("team-a", "team-b"):
+        operator_crds.kubectl("create", "namespace", namespace, check=False)
+    for document in documents:  # as `helm install --namespace pdscaler-system` would
+        if document["kind"] in ("ConfigMap", "Deployment", "Service", "ServiceAccount"):
+            document["metadata"].setdefault("namespace", "pdscaler-system")
+    out = operator_crds.kubectl("apply", "--dry-run=server", "-f", "-",
+                                input=yaml.safe_dump_all(documents)).stdout
+    assert out.count("(server dry run)") == len(documents)

@@ -117,7 +117,7 @@ def test_two_replicas_never_both_act(
     standby = start_operator(*args, env=env)
     # kopf starts a peering replica paused and keeps it so while a higher-priority (older) peer
     # is alive; it is up and answering its health probe meanwhile.
-    wait_for(lambda: standby.healthz(), 60, what="the second replica's health endpoint")
+    wait_for(standby.healthz, 60, what="the second replica's health endpoint")
     peers = json.loads(cluster.cp.kubectl("-n", cluster.namespace, "get", "kopfpeering",
                                           "pdscaler", "-o", "json").stdout).get("status", {})
     wait_for(lambda: len(json.loads(cluster.cp.kubectl(
