@@ -36,6 +36,9 @@ class FakeBehaviour:
     tokens_per_chunk: int = 1
     fail_every: int = 0
     tokenizer: bool = True
+    burst: bool = False
+    itl_sum: float = 0.0
+    itl_count: int = 0
     requests: int = 0
     bodies: list[dict[str, Any]] = field(default_factory=list)
 
@@ -51,7 +54,9 @@ def fake_app(b: FakeBehaviour) -> web.Application:
 
     async def metrics(_: web.Request) -> web.Response:
         return web.Response(text='vllm:cache_config_info{block_size="16",engine="0",'
-                                 'num_gpu_blocks="1000"} 1.0\n')
+                                 'num_gpu_blocks="1000"} 1.0\n'
+                                 f"vllm:inter_token_latency_seconds_sum {b.itl_sum}\n"
+                                 f"vllm:inter_token_latency_seconds_count {b.itl_count}\n")
 
     async def tokenize(request: web.Request) -> web.Response:
         if not b.tokenizer:
@@ -80,6 +85,7 @@ def fake_app(b: FakeBehaviour) -> web.Application:
         await response.prepare(request)
         await asyncio.sleep(b.prefill_s_per_token * n_prompt)
         sent = 0
+        held: list[bytes] = []
         while sent < n_out:
             count = min(b.tokens_per_chunk, n_out - sent)
             choice: dict[str, Any] = {"index": 0, "text": " x" * count,
@@ -87,10 +93,16 @@ def fake_app(b: FakeBehaviour) -> web.Application:
             if "return_token_ids" in body:
                 choice["token_ids"] = list(range(sent, sent + count))
             chunk = {"choices": [choice]}
-            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            held.append(f"data: {json.dumps(chunk)}\n\n".encode())
+            if not b.burst:
+                await response.write(held.pop())
             sent += count
             if sent < n_out:
                 await asyncio.sleep(b.token_delay_s)
+                b.itl_sum += b.token_delay_s
+                b.itl_count += 1
+        for data in held:  # a burst: everything at once, after the last token
+            await response.write(data)
         usage = {"prompt_tokens": n_prompt + b.prompt_offset, "completion_tokens": n_out,
                  "total_tokens": n_prompt + n_out}
         await response.write(f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n".encode())
@@ -311,3 +323,24 @@ def test_point_timeout_cancels_and_counts_outstanding(tmp_path: Path) -> None:
     assert record["status"] == "failed"
     assert any("point timeout" in p for p in record["problems"])
     assert record["failed"] >= 1
+
+
+def test_bursty_client_timing_falls_back_to_the_engine_itl(tmp_path: Path) -> None:
+    b = FakeBehaviour(burst=True, token_delay_s=0.004)
+    outcome = run_sweeps(b, tmp_path, run_prefill=False, run_rate=False, trials=2)
+    assert all(r["status"] == "ok" for r in outcome.records), [
+        r["problems"] for r in outcome.records]
+    for record in outcome.records:
+        assert record["result"]["tpot_ms"] == pytest.approx(4.0, rel=0.01)
+        assert record["result"]["engine_itl_ms"] == pytest.approx(4.0, rel=0.01)
+        assert all("client saw bursts" in t["method"] for t in record["result"]["trials"])
+
+
+def test_engine_itl_is_recorded_beside_the_client_tpot(tmp_path: Path) -> None:
+    outcome = run_sweeps(FakeBehaviour(token_delay_s=0.004), tmp_path, run_prefill=False,
+                         run_rate=False)
+    for record in outcome.records:
+        result = record["result"]
+        assert result["tpot_ms"] == pytest.approx(4.0, rel=0.25)
+        assert result["engine_itl_ms"] == pytest.approx(4.0, rel=0.01)
+        assert result["trials"][0]["method"] == "steady-state window"

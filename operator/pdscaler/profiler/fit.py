@@ -260,9 +260,17 @@ def fit_report(profile: ProfileSet, outcome: SweepOutcome) -> dict[str, Any]:
                                                      fitted_t0),
             }
         )
+    engine_itl = {
+        (int(r["params"]["context_tokens"]), int(r["params"]["batch_size"])): r["result"].get(
+            "engine_itl_ms"
+        )
+        for r in outcome.records
+        if r["kind"] == "decode" and r["status"] == "ok"
+    }
     decode_rows = []
     for dpoint in dcurve.points:
         fitted = float(dcurve.tpot_ms_scalar(dpoint.batch_size, dpoint.context_tokens))
+        engine = engine_itl.get((dpoint.context_tokens, dpoint.batch_size))
         decode_rows.append(
             {
                 "context_tokens": dpoint.context_tokens,
@@ -270,6 +278,7 @@ def fit_report(profile: ProfileSet, outcome: SweepOutcome) -> dict[str, Any]:
                 "tpot_ms": dpoint.tpot_ms,
                 "fitted_tpot_ms": fitted,
                 "tpot_error": _relative(dpoint.tpot_ms, fitted),
+                "engine_itl_ms": engine,
                 "throughput_tokens_per_s": dpoint.batch_size * 1000.0 / dpoint.tpot_ms,
             }
         )
@@ -388,13 +397,15 @@ def report_markdown(report: dict[str, Any]) -> str:
         "",
         "## Decode",
         "",
-        "| context | batch | TPOT ms | fitted | err | tokens/s |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| context | batch | TPOT ms | fitted | err | engine ITL ms | tokens/s |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in report["decode"]["points"]:
+        engine = row.get("engine_itl_ms")
         lines.append(
             f"| {row['context_tokens']} | {row['batch_size']} | {row['tpot_ms']:.3f} | "
             f"{row['fitted_tpot_ms']:.3f} | {_pct(row['tpot_error'])} | "
+            f"{'—' if engine is None else f'{engine:.3f}'} | "
             f"{row['throughput_tokens_per_s']:.0f} |"
         )
     rates = report["ttft_vs_rate"]

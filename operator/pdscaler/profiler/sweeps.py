@@ -24,7 +24,11 @@ TTFT vs rate
 decode
     ``B`` streams sent together, each with ``C - T/2`` prompt tokens and exactly ``T`` output
     tokens, so the context averages ``C`` over the steady-state window in which all ``B``
-    decode (:func:`~.measure.steady_state_tpot`); the median over ``trials`` runs.
+    decode (:func:`~.measure.steady_state_tpot`); the median over ``trials`` runs. A window too
+    short for a measurement is retried with twice the output length (twice at most). The
+    engine's own inter-token latency (``vllm:inter_token_latency_seconds`` on ``/metrics``,
+    read before and after each run) is recorded beside it, and stands in when the client saw
+    the tokens in bursts (a starved client or API-server process).
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from pdscaler.profiler.client import CompletionClient, EndpointError, ModelInfo, RequestResult
-from pdscaler.profiler.engine import KvCacheInfo, kv_cache_from_metrics
+from pdscaler.profiler.engine import ITL_METRICS, KvCacheInfo, gauge_sum, kv_cache_from_metrics
 from pdscaler.profiler.measure import (
     NotConcurrentError,
     error_samples,
@@ -379,49 +383,67 @@ class SweepRunner:
             while trial < trials:
                 prompt_len = max(1, context - out // 2)
                 prompts = [await self.prompts.make(state.client, prompt_len) for _ in range(batch)]
+                before = await engine_itl_counters(state.client)
                 results = await asyncio.gather(
                     *(tracker.request(state.client, p, prompt_len, out) for p in prompts)
                 )
+                after = await engine_itl_counters(state.client)
+                engine_itl = _delta_mean(before, after)
                 trial += 1
                 bad = sum(1 for r in results if not r.ok)
                 if bad:
                     problems.append(f"trial {trial}: {bad} of {batch} streams failed")
                     continue
+                entry: dict[str, Any] = {
+                    "prompt_tokens": prompt_len,
+                    "output_tokens": out,
+                    "engine_itl_ms": None if engine_itl is None else 1000.0 * engine_itl,
+                }
                 try:
                     window = steady_state_tpot(results, self.settings.ramp_fraction)
-                except NotConcurrentError as exc:
+                    failure: ValueError | None = None
+                except ValueError as exc:
+                    failure = exc
+                if engine_itl is not None and _bursty(results, out, engine_itl) and (
+                    failure is not None or window.tpot_s < BURST_RATIO * engine_itl
+                ):
+                    # Tokens reached the client in bursts (a starved client or API process):
+                    # the engine's own inter-token latency over the run stands in.
+                    values.append(engine_itl)
+                    entry.update(tpot_ms=1000.0 * engine_itl,
+                                 method="engine-reported inter-token latency (client saw bursts)")
+                    windows.append(entry)
+                    continue
+                if isinstance(failure, NotConcurrentError):
                     longer = 2 * out
                     fits = limit is None or max(1, context - longer // 2) + longer <= limit
                     if extensions < 2 and fits:
                         # The prefill of the batch outlasted the first streams: longer outputs.
                         extensions += 1
                         trial -= 1
-                        problems.append(f"{exc}; retrying with {longer} output tokens")
+                        problems.append(f"{failure}; retrying with {longer} output tokens")
                         out = longer
                         continue
-                    problems.append(f"trial {trial}: {exc}")
-                    continue
-                except ValueError as exc:
-                    problems.append(f"trial {trial}: {exc}")
+                if failure is not None:
+                    problems.append(f"trial {trial}: {failure}")
                     continue
                 values.append(window.tpot_s)
-                windows.append(
-                    {
-                        "tpot_ms": 1000.0 * window.tpot_s,
-                        "window_s": window.window_s,
-                        "tokens": window.tokens,
-                        "itl_p50_ms": 1000.0 * window.itl_p50_s,
-                        "itl_p90_ms": 1000.0 * window.itl_p90_s,
-                        "method": window.method,
-                        "prompt_tokens": prompt_len,
-                        "output_tokens": out,
-                    }
+                entry.update(
+                    tpot_ms=1000.0 * window.tpot_s,
+                    window_s=window.window_s,
+                    tokens=window.tokens,
+                    itl_p50_ms=1000.0 * window.itl_p50_s,
+                    itl_p90_ms=1000.0 * window.itl_p90_s,
+                    method=window.method,
                 )
+                windows.append(entry)
             if not values:
                 return {}, problems or ["no trial produced a TPOT"]
             tpot_ms = 1000.0 * statistics.median(values)
+            engine = [w["engine_itl_ms"] for w in windows if w["engine_itl_ms"] is not None]
             return {
                 "tpot_ms": tpot_ms,
+                "engine_itl_ms": statistics.median(engine) if engine else None,
                 "throughput_tokens_per_s": batch * 1000.0 / tpot_ms,
                 "trials_tpot_ms": [1000.0 * v for v in values],
                 "prompt_tokens": max(1, context - out // 2),
@@ -565,6 +587,40 @@ class SweepRunner:
             plan = [(u * capacity, u) for u in s.rate_utilizations]
         for rate, utilization in plan:
             outcome.records.append(await self.rate(outcome.prefill, length, rate, utilization))
+
+
+#: Below this share of the engine-reported inter-token latency, client timing is suspect.
+BURST_RATIO = 0.8
+
+
+async def engine_itl_counters(client: CompletionClient) -> tuple[float, float] | None:
+    """Sum and count of the engine's inter-token latency histogram, if it exports one."""
+    text = await client.metrics_text()
+    if not text:
+        return None
+    for name in ITL_METRICS:
+        total = gauge_sum(text, f"{name}_sum")
+        count = gauge_sum(text, f"{name}_count")
+        if total is not None and count is not None:
+            return total, count
+    return None
+
+
+def _delta_mean(
+    before: tuple[float, float] | None, after: tuple[float, float] | None
+) -> float | None:
+    if before is None or after is None or after[1] - before[1] <= 0:
+        return None
+    mean = (after[0] - before[0]) / (after[1] - before[1])
+    return mean if mean > 0 else None
+
+
+def _bursty(results: list[RequestResult], out: int, engine_itl_s: float) -> bool:
+    """True when the client saw each stream in a fraction of the time the engine took."""
+    spans = [r.token_times[-1] - r.token_times[0] for r in results if len(r.token_times) > 1]
+    if not spans:
+        return True
+    return statistics.median(spans) < 0.5 * (out - 1) * engine_itl_s
 
 
 async def _closed_loop(
