@@ -33,6 +33,18 @@ Prefill models
     its length.
 ``mgc``
     Pooled M/G/c (Allen–Cunneen mean wait, exponential wait tail) with length-dependent own time.
+``ggc`` (default)
+    Pooled G/G/c for what the simulated oracle shows ``mgc`` misses (``docs/validation.md``):
+
+    * bursty arrivals — the Allen–Cunneen wait with the arrivals' squared coefficient of
+      variation :math:`c_a^2` taken as the index of dispersion :math:`D` of arrival counts
+      (``Workload.arrival_dispersion``, 1 for Poisson):
+      :math:`W_q \approx \frac{C(c, a)}{c\mu - \lambda} \frac{c_a^2 + c_s^2}{2}`, and the
+      probability of waiting :math:`\min(1, D \cdot C(c, a))` (a request in a burst queues
+      behind the burst's earlier members);
+    * batched (chunked) prefill — requests that arrive while one waits join its iteration and
+      finish with it, so a waiting request's wait grows by the work of
+      :math:`\rho W` that arrives behind it: :math:`W \to (1 + \rho) W`.
 
 Decode models
 -------------
@@ -50,6 +62,11 @@ Decode models
     :math:`1 + \mathrm{Poisson}(B)`; its TPOT percentile is the curve at that batch's quantile.
     A least-loaded router pools the fluctuation over the instances. The KV cache must hold the
     percentile batch's contexts.
+``poisson-wait`` (default)
+    As ``poisson``, for vLLM's per-request TPOT ``(finish - first token) / (L_out - 1)``: a
+    sequence reaching a busy instance first waits for the next step boundary, which
+    :func:`decode_wait_factor` spreads over its output; the mean is taken at the size-biased
+    batch :math:`B + 1` (a token's own sequence is in its batch).
 """
 
 from __future__ import annotations
@@ -70,12 +87,12 @@ from planner.queueing import (
 )
 from planner.workload import SLO, Workload
 
-PrefillModelName = Literal["paper", "mm1", "mmc", "mg1", "mgc"]
-DecodeModelName = Literal["paper", "littles", "poisson"]
+PrefillModelName = Literal["paper", "mm1", "mmc", "mg1", "mgc", "ggc"]
+DecodeModelName = Literal["paper", "littles", "poisson", "poisson-wait"]
 Router = Literal["least-loaded", "random"]
 
-PREFILL_MODELS: tuple[PrefillModelName, ...] = ("paper", "mm1", "mmc", "mg1", "mgc")
-DECODE_MODELS: tuple[DecodeModelName, ...] = ("paper", "littles", "poisson")
+PREFILL_MODELS: tuple[PrefillModelName, ...] = ("paper", "mm1", "mmc", "mg1", "mgc", "ggc")
+DECODE_MODELS: tuple[DecodeModelName, ...] = ("paper", "littles", "poisson", "poisson-wait")
 
 
 class TTFTBudget(FrozenModel):
@@ -181,6 +198,10 @@ def predict_prefill(
         # Exponential service with mean E[S]: the sojourn (wait + service) is Exp(mu - lambda_i).
         mu = 1.0 / mean_s
         gap = mu - lam / replicas
+        if gap <= 0:
+            return PrefillPrediction(
+                replicas, math.inf, math.inf, math.inf, own_mean, fixed_s, utilization
+            )
         sojourn_mean = 1.0 / gap
         queue_mean = sojourn_mean - mean_s
         if model == "paper" or percentile is None:
@@ -208,9 +229,22 @@ def predict_prefill(
         lam_i = lam / replicas
         queue_mean = lam_i * second_s2 / (2.0 * (1.0 - utilization))
         wait_probability = utilization
-    else:
+    elif model == "mgc":
         queue_mean = mgc_wait_mean_s(lam, mean_s, scv, replicas)
         wait_probability = erlang_c(replicas, lam * mean_s)
+    else:
+        # ggc: bursty arrivals (c_a^2 from the index of dispersion) and batched prefill (the
+        # requests that arrive while one waits join its iteration: the wait grows by 1 + rho).
+        arrival_scv = workload.arrival_dispersion
+        queue_mean = (
+            mgc_wait_mean_s(lam, mean_s, scv, replicas)
+            * (arrival_scv + scv)
+            / (1.0 + scv)
+            * (1.0 + utilization)
+        )
+        # Clustered arrivals find the pool busy more often than Poisson ones (a request in a
+        # burst queues behind the burst's earlier members): P(wait) grows with the dispersion.
+        wait_probability = min(erlang_c(replicas, lam * mean_s) * arrival_scv, 1.0)
     ttft_mean = queue_mean + own_mean + fixed_s
     if percentile is None:
         ttft = ttft_mean
@@ -339,15 +373,24 @@ def predict_decode(
             replicas, math.inf, math.inf, math.inf, math.inf, math.inf, "batch_limit"
         )
     percentile = slo.tpot_percentile
-    if model == "littles" or percentile is None:
+    if model == "poisson-wait":
+        # A token's own sequence is in its batch: the size-biased batch 1 + Poisson(B).
+        if percentile is None:
+            batch_p = batch + 1.0
+            tpot_step = curve.tpot_ms_scalar(batch_p, context)
+        else:
+            batch_p = _token_batch_quantile(batch, replicas, percentile, router)
+            tpot_step = curve.tpot_ms_scalar(batch_p, context)
+        factor = decode_wait_factor(replicas, batch, percentile, workload)
+        tpot = tpot_step * factor
+        tpot_mean = curve.tpot_ms_scalar(batch + 1.0, context) * decode_wait_factor(
+            replicas, batch, None, workload
+        )
+    elif model == "littles" or percentile is None:
         batch_p = batch
         tpot = tpot_mean
     else:
-        if router == "least-loaded":
-            pooled = float(poisson.ppf(percentile, batch * replicas))
-            batch_p = 1.0 + math.ceil(pooled / replicas)
-        else:
-            batch_p = 1.0 + float(poisson.ppf(percentile, batch))
+        batch_p = _token_batch_quantile(batch, replicas, percentile, router)
         tpot = curve.tpot_ms_scalar(batch_p, context)
     limit: str | None = None
     if batch_p > curve.batch_limit:
@@ -356,6 +399,65 @@ def predict_decode(
     if kv > kv_usage_limit:
         limit = "kv_cache"
     return DecodePrediction(replicas, tpot, tpot_mean, batch, batch_p, kv, limit)
+
+
+def _token_batch_quantile(batch: float, replicas: int, percentile: float, router: Router) -> float:
+    """Quantile of the batch a token sees: 1 + Poisson(B), pooled over instances when balanced."""
+    if router == "least-loaded":
+        pooled = float(poisson.ppf(percentile, batch * replicas))
+        return 1.0 + math.ceil(pooled / replicas)
+    return 1.0 + float(poisson.ppf(percentile, batch))
+
+
+def decode_wait_factor(
+    replicas: int, batch_mean: float, percentile: float | None, workload: Workload
+) -> float:
+    r"""Per-request TPOT over step time, from the wait for the first decode step.
+
+    A sequence that reaches a busy decode instance joins at the next step boundary, a wait of
+    a uniform fraction :math:`U` of a step, spread over its :math:`L_{out} - 1` inter-token
+    gaps (vLLM's per-request TPOT is (finish - first token) / (L_out - 1)):
+
+    .. math:: \mathrm{TPOT}_{req} = \mathrm{step} \cdot (1 + B U / (L_{out} - 1))
+
+    with :math:`B = 1` when the least-loaded instance is busy, which happens with probability
+    :math:`P(\mathrm{Poisson}(n b) \ge n)` for :math:`n` instances of mean batch :math:`b`
+    (the sequences in decode form an M/G/∞ population). Returns the factor's mean when
+    ``percentile`` is None, else its quantile over U and the output-length distribution.
+    One-token outputs have no TPOT and are left out.
+
+    Examples
+    --------
+    >>> w = Workload.from_means(1.0, 100, 11)
+    >>> round(decode_wait_factor(1, 50.0, None, w), 4)  # always busy: 1 + 0.5 / 10
+    1.05
+    >>> round(decode_wait_factor(1, 50.0, 0.99, w), 4)   # U's 99th percentile: 1 + 0.99 / 10
+    1.099
+    """
+    lengths = np.maximum(np.rint(workload.output_tokens.array), 1.0)
+    weights = workload.output_tokens.probabilities
+    many = lengths >= 2
+    if not many.any():
+        return 1.0
+    gaps = lengths[many] - 1.0
+    share = weights[many] / float(weights[many].sum())
+    busy = float(poisson.sf(replicas - 1, replicas * batch_mean))
+    if percentile is None:
+        return 1.0 + busy * 0.5 * float(np.dot(share, 1.0 / gaps))
+
+    def exceed(x: float) -> float:
+        return float(np.dot(share, busy * np.clip(1.0 - (x - 1.0) * gaps, 0.0, 1.0)))
+
+    if exceed(1.0) <= 1.0 - percentile:
+        return 1.0
+    low, high = 1.0, 2.0
+    for _ in range(50):
+        middle = 0.5 * (low + high)
+        if exceed(middle) > 1.0 - percentile:
+            low = middle
+        else:
+            high = middle
+    return high
 
 
 def _kv_fraction(curve: DecodeCurve, batch: float, context_tokens: float) -> float:

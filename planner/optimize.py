@@ -96,8 +96,8 @@ class Budget(FrozenModel):
 
 
 class ModelChoice(FrozenModel):
-    prefill: PrefillModelName = "mgc"
-    decode: DecodeModelName = "poisson"
+    prefill: PrefillModelName = "ggc"
+    decode: DecodeModelName = "poisson-wait"
 
 
 class PlanRequest(FrozenModel):

@@ -123,6 +123,13 @@ def add_plan_parser(subparsers: Any) -> None:
         default=1.0,
         help="multiply the trace's mean rate (default 1)",
     )
+    load.add_argument(
+        "--arrival-dispersion",
+        type=_positive(float),
+        default=None,
+        help="index of dispersion of arrival counts in 10 s windows (1 = Poisson; "
+        "default: measured from --trace, else 1)",
+    )
     slo = parser.add_argument_group("SLOs")
     slo.add_argument("--ttft-s", type=_positive(float), default=TTFT_S, help="TTFT target, seconds")
     slo.add_argument(
@@ -241,6 +248,8 @@ def build_request(args: argparse.Namespace) -> PlanRequest:
     else:
         rate = TOTAL_TOKENS_PER_MIN / 60.0 / (base.input_tokens.mean + base.output_tokens.mean)
     workload = base.with_rate(rate)
+    if args.arrival_dispersion is not None:
+        workload = workload.model_copy(update={"arrival_dispersion": args.arrival_dispersion})
     profiles = load_profiles(args.profile or ["paper"], args.gpu_type)
     prefill_model = args.prefill_model or ("paper" if embedded else ModelChoice().prefill)
     decode_model = args.decode_model or ("paper" if embedded else ModelChoice().decode)

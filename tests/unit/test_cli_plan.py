@@ -52,7 +52,7 @@ def test_json_output(capsys: pytest.CaptureFixture[str]) -> None:
     assert document["plan"]["prefill"]["replicas"] == 3
     assert document["plan"]["decode"]["replicas"] == 4
     assert round(document["paper"]["n_decode"], 3) == 3.791
-    assert document["default_models_plan"]["models"] == {"prefill": "mgc", "decode": "poisson"}
+    assert document["default_models_plan"]["models"] == {"prefill": "ggc", "decode": "poisson-wait"}
 
 
 def test_rate_units_agree(capsys: pytest.CaptureFixture[str]) -> None:

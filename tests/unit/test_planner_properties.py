@@ -23,8 +23,8 @@ from planner import (
 from planner.paper import paper_profiles
 from tests.shared import DYNAMO
 
-PREFILL = st.sampled_from(["mm1", "mmc", "mg1", "mgc"])
-DECODE = st.sampled_from(["littles", "poisson"])
+PREFILL = st.sampled_from(["mm1", "mmc", "mg1", "mgc", "ggc"])
+DECODE = st.sampled_from(["littles", "poisson", "poisson-wait"])
 PERCENTILE = st.sampled_from([None, 0.5, 0.9, 0.99])
 
 
@@ -213,3 +213,35 @@ def test_cheapest_gpu_type_wins_with_prices() -> None:
     with pytest.raises(ValueError, match="no price for GPU type"):
         plan(_request(0, 10.0, 2.0, 25.0, 0.9, "mgc", "poisson", gpu_prices_per_hour={"h100": 2}))
     assert profiles.instances
+
+
+@given(dispersion=st.floats(1.0, 100.0), **COMMON)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_burstier_arrivals_never_fewer_prefill_replicas(
+    index: int, rate: float, ttft_s: float, tpot_ms: float, pct: float | None, prefill: str,
+    decode: str, dispersion: float,
+) -> None:
+    del prefill
+    poisson_plan = plan(_request(index, rate, ttft_s, tpot_ms, pct, "ggc", decode))
+    bursty = _request(index, rate, ttft_s, tpot_ms, pct, "ggc", decode)
+    bursty = bursty.model_copy(update={"workload": bursty.workload.model_copy(
+        update={"arrival_dispersion": dispersion})})
+    bursty_plan = plan(bursty)
+    assume(poisson_plan.feasible and bursty_plan.feasible)
+    assert bursty_plan.prefill.replicas >= poisson_plan.prefill.replicas
+
+
+def test_trace_dispersion_reaches_the_plan() -> None:
+    from pdscaler.inputs import load_trace
+
+    from tests.shared import CODE_TRACE, need
+
+    trace = load_trace(str(need(CODE_TRACE)))
+    workload = trace.workload()
+    assert workload.arrival_dispersion > 20  # the code trace is bursty at 10 s
+    assert trace.index_of_dispersion(1.0) > 5
+    request = _request(0, 1.0, 2.0, 30.0, 0.9, "ggc", "poisson-wait")
+    calm = plan(request.model_copy(update={"workload": workload.model_copy(
+        update={"arrival_dispersion": 1.0, "rate_per_s": 4.0})}))
+    bursty = plan(request.model_copy(update={"workload": workload.with_rate(4.0)}))
+    assert bursty.prefill.replicas > calm.prefill.replicas
