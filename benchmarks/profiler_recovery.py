@@ -14,7 +14,8 @@ own overhead per step (an event-loop wake-up rounded up to the millisecond, and 
 emitting tokens) then weighs less beside the simulated durations. ``--prefill-scale 1
 --decode-scale 1`` shows that overhead in full.
 
-Prints the error table and writes ``results/profiler_recovery.json``.
+Prints the error table and writes ``results/profiler_recovery.json``; the measured profile,
+its fit report and plots go to ``results/profiler_recovery/``.
 """
 
 from __future__ import annotations
@@ -156,6 +157,7 @@ def main() -> int:
     parser.add_argument("--trials", type=int, default=2)
     parser.add_argument("--output", type=Path, default=REPO / "results" / "profiler_recovery.json")
     args = parser.parse_args()
+    out_dir = args.output.with_suffix("")  # profile, report and plots of the run
     with tempfile.TemporaryDirectory(prefix="profiler-recovery-") as tmp:
         work = Path(tmp)
         spec = work / "known.yaml"
@@ -182,7 +184,7 @@ def main() -> int:
                 started = time.monotonic()
                 run = run_profile(settings, ProfileLabels(name=CONFIG, gpu_type="h100",
                                                           hardware="vllm-sim"),
-                                  work / "out", plots=False)
+                                  out_dir, fresh=True)
                 elapsed = time.monotonic() - started
             finally:
                 stop(decode_proc)
@@ -225,7 +227,7 @@ def main() -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\n{result['requests']} requests, {result['failed_requests']} failed, "
-          f"{elapsed:.0f} s; wrote {args.output}")
+          f"{elapsed:.0f} s; wrote {args.output} and {out_dir}/")
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ class FakeBehaviour:
     burst: bool = False
     itl_sum: float = 0.0
     itl_count: int = 0
+    running: int = 0
     requests: int = 0
     bodies: list[dict[str, Any]] = field(default_factory=list)
 
@@ -56,7 +58,8 @@ def fake_app(b: FakeBehaviour) -> web.Application:
         return web.Response(text='vllm:cache_config_info{block_size="16",engine="0",'
                                  'num_gpu_blocks="1000"} 1.0\n'
                                  f"vllm:inter_token_latency_seconds_sum {b.itl_sum}\n"
-                                 f"vllm:inter_token_latency_seconds_count {b.itl_count}\n")
+                                 f"vllm:inter_token_latency_seconds_count {b.itl_count}\n"
+                                 f"vllm:num_requests_running {b.running}\n")
 
     async def tokenize(request: web.Request) -> web.Response:
         if not b.tokenizer:
@@ -83,6 +86,15 @@ def fake_app(b: FakeBehaviour) -> web.Application:
         n_out = int(body["max_tokens"]) - b.missing_tokens
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
+        b.running += 1
+        try:
+            await stream(response, body, n_prompt, n_out)
+        finally:
+            b.running -= 1
+        return response
+
+    async def stream(response: web.StreamResponse, body: dict[str, Any], n_prompt: int,
+                     n_out: int) -> None:
         await asyncio.sleep(b.prefill_s_per_token * n_prompt)
         sent = 0
         held: list[bytes] = []
@@ -98,8 +110,9 @@ def fake_app(b: FakeBehaviour) -> web.Application:
                 await response.write(held.pop())
             sent += count
             if sent < n_out:
+                started = time.monotonic()
                 await asyncio.sleep(b.token_delay_s)
-                b.itl_sum += b.token_delay_s
+                b.itl_sum += time.monotonic() - started
                 b.itl_count += 1
         for data in held:  # a burst: everything at once, after the last token
             await response.write(data)
@@ -107,7 +120,6 @@ def fake_app(b: FakeBehaviour) -> web.Application:
                  "total_tokens": n_prompt + n_out}
         await response.write(f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n".encode())
         await response.write(b"data: [DONE]\n\n")
-        return response
 
     app = web.Application()
     app.router.add_get("/v1/models", models)
@@ -331,16 +343,17 @@ def test_bursty_client_timing_falls_back_to_the_engine_itl(tmp_path: Path) -> No
     assert all(r["status"] == "ok" for r in outcome.records), [
         r["problems"] for r in outcome.records]
     for record in outcome.records:
-        assert record["result"]["tpot_ms"] == pytest.approx(4.0, rel=0.01)
-        assert record["result"]["engine_itl_ms"] == pytest.approx(4.0, rel=0.01)
-        assert all("client saw bursts" in t["method"] for t in record["result"]["trials"])
+        assert 4.0 <= record["result"]["engine_itl_ms"] < 8.0
+        assert record["result"]["tpot_ms"] == pytest.approx(record["result"]["engine_itl_ms"])
+        assert all("bursts or stalls" in t["method"] for t in record["result"]["trials"])
 
 
 def test_engine_itl_is_recorded_beside_the_client_tpot(tmp_path: Path) -> None:
     outcome = run_sweeps(FakeBehaviour(token_delay_s=0.004), tmp_path, run_prefill=False,
-                         run_rate=False)
+                         run_rate=False, decode_output_tokens=48)
     for record in outcome.records:
         result = record["result"]
-        assert result["tpot_ms"] == pytest.approx(4.0, rel=0.25)
-        assert result["engine_itl_ms"] == pytest.approx(4.0, rel=0.01)
-        assert result["trials"][0]["method"] == "steady-state window"
+        # The fake's sleeps overshoot (event-loop timers): compare with what it measured.
+        assert 4.0 <= result["engine_itl_ms"] < 8.0
+        assert result["tpot_ms"] == pytest.approx(result["engine_itl_ms"], rel=0.2)
+        assert 1 <= result["engine_peak_running"] <= record["params"]["batch_size"]

@@ -85,10 +85,15 @@ class DecodeWindow:
     itl_p50_s: float
     itl_p90_s: float
     method: str
+    burst_fraction: float = 0.0
+    """Share of the window's inter-token gaps shorter than a quarter of ``reference_s``."""
 
 
 def steady_state_tpot(
-    results: Sequence[RequestResult], ramp_fraction: float, min_overlap: float = 0.3
+    results: Sequence[RequestResult],
+    ramp_fraction: float,
+    min_overlap: float = 0.3,
+    reference_s: float | None = None,
 ) -> DecodeWindow:
     r"""Inter-token time while every stream of a run was decoding.
 
@@ -98,6 +103,10 @@ def steady_state_tpot(
     (n - 1)`; streams are pooled with weights :math:`n - 1`:
 
     .. math:: \mathrm{TPOT} = \sum_i (t_{last,i} - t_{first,i}) / \sum_i (n_i - 1)
+
+    With ``reference_s`` (the engine's own inter-token latency), the share of gaps shorter
+    than a quarter of it is returned as ``burst_fraction``: tokens that reached the client
+    together although the engine produced them a step apart.
 
     Raises
     ------
@@ -148,6 +157,9 @@ def steady_state_tpot(
         )
     if spans <= 0:
         raise ValueError("tokens arrived all at once; no inter-token time can be measured")
+    bursts = 0.0
+    if reference_s is not None and gaps:
+        bursts = float(np.mean(np.asarray(gaps) < 0.25 * reference_s))
     return DecodeWindow(
         tpot_s=spans / steps,
         window_s=hi - lo,
@@ -156,6 +168,7 @@ def steady_state_tpot(
         itl_p50_s=percentile(gaps, 0.5),
         itl_p90_s=percentile(gaps, 0.9),
         method="steady-state window",
+        burst_fraction=bursts,
     )
 
 

@@ -27,13 +27,17 @@ decode
     decode (:func:`~.measure.steady_state_tpot`); the median over ``trials`` runs. A window too
     short for a measurement is retried with twice the output length (twice at most). The
     engine's own inter-token latency (``vllm:inter_token_latency_seconds`` on ``/metrics``,
-    read before and after each run) is recorded beside it, and stands in when the client saw
-    the tokens in bursts (a starved client or API-server process).
+    read before and after each run) is recorded beside it, with the largest
+    ``vllm:num_requests_running`` polled during the run; the engine's value stands in when the
+    client's timing contradicts the engine's (bursts or stalls of a starved client or
+    API-server process), or when the client saw no overlap although the engine reports all
+    ``B`` running together.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import statistics
 import time
@@ -47,6 +51,7 @@ import numpy as np
 from pdscaler.profiler.client import CompletionClient, EndpointError, ModelInfo, RequestResult
 from pdscaler.profiler.engine import ITL_METRICS, KvCacheInfo, gauge_sum, kv_cache_from_metrics
 from pdscaler.profiler.measure import (
+    DecodeWindow,
     NotConcurrentError,
     error_samples,
     latency_summary,
@@ -384,9 +389,15 @@ class SweepRunner:
                 prompt_len = max(1, context - out // 2)
                 prompts = [await self.prompts.make(state.client, prompt_len) for _ in range(batch)]
                 before = await engine_itl_counters(state.client)
-                results = await asyncio.gather(
-                    *(tracker.request(state.client, p, prompt_len, out) for p in prompts)
-                )
+                finished = asyncio.Event()
+                poller = asyncio.create_task(_peak_running(state.client, finished))
+                try:
+                    results = await asyncio.gather(
+                        *(tracker.request(state.client, p, prompt_len, out) for p in prompts)
+                    )
+                finally:
+                    finished.set()
+                    peak_running = await poller
                 after = await engine_itl_counters(state.client)
                 engine_itl = _delta_mean(before, after)
                 trial += 1
@@ -398,20 +409,31 @@ class SweepRunner:
                     "prompt_tokens": prompt_len,
                     "output_tokens": out,
                     "engine_itl_ms": None if engine_itl is None else 1000.0 * engine_itl,
+                    "engine_peak_running": peak_running,
                 }
                 try:
-                    window = steady_state_tpot(results, self.settings.ramp_fraction)
+                    window = steady_state_tpot(
+                        results, self.settings.ramp_fraction, reference_s=engine_itl
+                    )
                     failure: ValueError | None = None
                 except ValueError as exc:
                     failure = exc
-                if engine_itl is not None and _bursty(results, out, engine_itl) and (
-                    failure is not None or window.tpot_s < BURST_RATIO * engine_itl
+                confirmed = peak_running is not None and peak_running >= batch
+                if engine_itl is not None and (
+                    _client_timing_unreliable(
+                        results, out, engine_itl, None if failure is not None else window
+                    )
+                    or (isinstance(failure, NotConcurrentError) and confirmed)
                 ):
-                    # Tokens reached the client in bursts (a starved client or API process):
-                    # the engine's own inter-token latency over the run stands in.
+                    # The client saw the tokens in bursts or stalls (a starved client or API
+                    # process), or saw no overlap although the engine reports all ``batch``
+                    # running together: the engine's own inter-token latency stands in.
                     values.append(engine_itl)
-                    entry.update(tpot_ms=1000.0 * engine_itl,
-                                 method="engine-reported inter-token latency (client saw bursts)")
+                    entry.update(
+                        tpot_ms=1000.0 * engine_itl,
+                        method="engine-reported inter-token latency (client timing "
+                        "inconsistent with the engine's: bursts or stalls)",
+                    )
                     windows.append(entry)
                     continue
                 if isinstance(failure, NotConcurrentError):
@@ -441,7 +463,10 @@ class SweepRunner:
                 return {}, problems or ["no trial produced a TPOT"]
             tpot_ms = 1000.0 * statistics.median(values)
             engine = [w["engine_itl_ms"] for w in windows if w["engine_itl_ms"] is not None]
+            peaks = [w["engine_peak_running"] for w in windows
+                     if w["engine_peak_running"] is not None]
             return {
+                "engine_peak_running": max(peaks) if peaks else None,
                 "tpot_ms": tpot_ms,
                 "engine_itl_ms": statistics.median(engine) if engine else None,
                 "throughput_tokens_per_s": batch * 1000.0 / tpot_ms,
@@ -590,7 +615,7 @@ class SweepRunner:
 
 
 #: Below this share of the engine-reported inter-token latency, client timing is suspect.
-BURST_RATIO = 0.8
+BURST_RATIO = 0.5
 
 
 async def engine_itl_counters(client: CompletionClient) -> tuple[float, float] | None:
@@ -615,12 +640,43 @@ def _delta_mean(
     return mean if mean > 0 else None
 
 
-def _bursty(results: list[RequestResult], out: int, engine_itl_s: float) -> bool:
-    """True when the client saw each stream in a fraction of the time the engine took."""
+def _client_timing_unreliable(
+    results: list[RequestResult], out: int, engine_itl_s: float, window: DecodeWindow | None
+) -> bool:
+    """True when the client's view of the streams contradicts the engine's timing.
+
+    The engine produced each stream's ``out`` tokens in about ``(out - 1) * ITL``; a client
+    that saw a stream in under half or over twice that time, or a steady window with a TPOT
+    under half the engine's or many near-zero gaps, did not see the tokens as they were made.
+    """
     spans = [r.token_times[-1] - r.token_times[0] for r in results if len(r.token_times) > 1]
     if not spans:
         return True
-    return statistics.median(spans) < 0.5 * (out - 1) * engine_itl_s
+    ratio = statistics.median(spans) / ((out - 1) * engine_itl_s)
+    if window is None:
+        return not 0.5 <= ratio <= 2.0
+    return window.tpot_s < BURST_RATIO * engine_itl_s or window.burst_fraction > 0.2
+
+
+async def _peak_running(
+    client: CompletionClient, finished: asyncio.Event, interval_s: float = 0.25
+) -> float | None:
+    """Largest ``vllm:num_requests_running`` seen on ``/metrics`` until ``finished``.
+
+    The first look is after a fifth of the interval, when the requests have arrived.
+    """
+    peak: float | None = None
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(finished.wait(), interval_s / 5)
+    while not finished.is_set():
+        text = await client.metrics_text()
+        value = gauge_sum(text, "vllm:num_requests_running") if text else None
+        if value is None:
+            return peak
+        peak = value if peak is None else max(peak, value)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(finished.wait(), interval_s)
+    return peak
 
 
 async def _closed_loop(
