@@ -9,7 +9,10 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 
 from pdscaler import __version__
+from pdscaler.cli_operator import add_operator_parser
 from pdscaler.cli_plan import add_plan_parser
+from pdscaler.cli_profile import add_calibrate_parser, add_profile_parser
+from pdscaler.cli_simulate import add_simulate_parser
 from pdscaler.cli_vllmsim import add_vllm_sim_parser
 from planner import ProfileFormatError
 
@@ -24,6 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pdscaler {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_plan_parser(subparsers)
+    add_simulate_parser(subparsers)
+    add_profile_parser(subparsers)
+    add_calibrate_parser(subparsers)
+    add_operator_parser(subparsers)
     add_vllm_sim_parser(subparsers)
     return parser
 
