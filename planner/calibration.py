@@ -14,8 +14,8 @@ same window, and expresses the difference as two multiplicative correction facto
 Estimation
 ----------
 TTFT is not proportional to the service time (the queueing wait grows faster), so
-:math:`f_P` is the factor for which the prefill model, run on the corrected profile at the
-observed rate and replica count, reproduces the observed TTFT:
+:math:`f_P` is the factor for which the prefill model (by default the planner's own), run on
+the corrected profile at the observed rate and replica count, reproduces the observed TTFT:
 
 .. math:: \mathrm{TTFT}_{model}(\lambda, N_P;\, f_P) = \mathrm{TTFT}_{obs}
 
@@ -49,6 +49,7 @@ from planner.models import (
     predict_decode,
     predict_prefill,
 )
+from planner.optimize import ModelChoice
 from planner.profile import (
     DecodeCurve,
     DecodePoint,
@@ -61,6 +62,10 @@ from planner.profile import (
     ProfileSet,
 )
 from planner.workload import SLO, LengthDistribution, Workload
+
+#: The planner's default models, which calibration uses unless told otherwise.
+DEFAULT_PREFILL_MODEL: PrefillModelName = ModelChoice().prefill
+DEFAULT_DECODE_MODEL: DecodeModelName = ModelChoice().decode
 
 #: Search interval of the bisection for a correction factor.
 FACTOR_BOUNDS: tuple[float, float] = (1e-3, 1e3)
@@ -276,7 +281,7 @@ def calibrate_prefill(
     instance: InstanceProfile,
     observation: PrefillObservation,
     *,
-    model: PrefillModelName = "mgc",
+    model: PrefillModelName = DEFAULT_PREFILL_MODEL,
     budget: TTFTBudget | None = None,
     bounds: tuple[float, float] = FACTOR_BOUNDS,
 ) -> RoleCalibration:
@@ -311,7 +316,7 @@ def calibrate_decode(
     instance: InstanceProfile,
     observation: DecodeObservation,
     *,
-    model: DecodeModelName = "littles",
+    model: DecodeModelName = DEFAULT_DECODE_MODEL,
     router: Router = "least-loaded",
     bounds: tuple[float, float] = FACTOR_BOUNDS,
 ) -> RoleCalibration:
@@ -343,13 +348,10 @@ def calibrate_decode(
         decode_context_tokens=context,
     )
     slo = SLO(ttft_s=1.0, tpot_ms=1.0, tpot_percentile=observation.percentile)
-    chosen: DecodeModelName = model
-    if observation.percentile is None and model == "poisson":
-        chosen = "littles"
 
     def predict(factor: float) -> float:
         scaled = scale_instance(instance, CorrectionFactors(decode_tpot=factor))
-        result = predict_decode(chosen, scaled, observation.replicas, workload, slo, router)
+        result = predict_decode(model, scaled, observation.replicas, workload, slo, router)
         return result.tpot_ms if observation.percentile is not None else result.tpot_mean_ms
 
     predicted = predict(1.0)
@@ -361,7 +363,7 @@ def calibrate_decode(
         predicted=predicted,
         ratio=observation.tpot_ms / predicted if math.isfinite(predicted) else 0.0,
         factor=factor,
-        method=f"solve {chosen} TPOT ({_tag(observation.percentile)}) = observed",
+        method=f"solve {model} TPOT ({_tag(observation.percentile)}) = observed",
         unit="ms",
     )
 
@@ -372,8 +374,8 @@ def estimate_corrections(
     *,
     prefill_config: str | None = None,
     decode_config: str | None = None,
-    prefill_model: PrefillModelName = "mgc",
-    decode_model: DecodeModelName = "littles",
+    prefill_model: PrefillModelName = DEFAULT_PREFILL_MODEL,
+    decode_model: DecodeModelName = DEFAULT_DECODE_MODEL,
     budget: TTFTBudget | None = None,
     router: Router = "least-loaded",
 ) -> CalibrationResult:

@@ -22,6 +22,8 @@ from pdscaler.profiler.settings import (
 )
 from planner import PREFILL_MODELS, TTFTBudget, dump_profile_document
 from planner.calibration import (
+    DEFAULT_DECODE_MODEL,
+    DEFAULT_PREFILL_MODEL,
     CalibrationResult,
     LiveObservation,
     apply_corrections,
@@ -338,8 +340,11 @@ def add_calibrate_parser(subparsers: Any) -> None:
                       help="compare TTFT at this percentile (default mean)")
     prom.add_argument("--tpot-percentile", type=parse_percentile, default=None)
     model = parser.add_argument_group("models")
-    model.add_argument("--prefill-model", choices=PREFILL_MODELS, default="mgc")
-    model.add_argument("--decode-model", choices=DECODE_MODELS, default="littles")
+    model.add_argument("--prefill-model", choices=PREFILL_MODELS,
+                       default=DEFAULT_PREFILL_MODEL,
+                       help=f"default {DEFAULT_PREFILL_MODEL}, the planner's")
+    model.add_argument("--decode-model", choices=DECODE_MODELS, default=DEFAULT_DECODE_MODEL,
+                       help=f"default {DEFAULT_DECODE_MODEL}, the planner's")
     model.add_argument("--router", choices=("least-loaded", "random"), default="least-loaded")
     model.add_argument("--ttft-overhead-s", type=float, default=0.0,
                        help="fixed TTFT overhead the prediction adds (client, router)")

@@ -209,7 +209,7 @@ def test_calibrate_finds_a_slower_deployment_through_prometheus(
             "calibrate", "--profile", spec, "--prometheus", prometheus_server.url,
             "--prefill-selector", f'job="{jobs["prefill"]}"',
             "--decode-selector", f'job="{jobs["decode"]}"',
-            "--window-s", "20", "--prefill-model", "mg1", "--output", "json",
+            "--window-s", "20", "--output", "json",
             "--write-factors", str(tmp_path / "factors.yaml"),
         ])
         code = args.handler(args)

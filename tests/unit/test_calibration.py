@@ -119,7 +119,7 @@ def test_decode_factor_through_littles_law(truth: float) -> None:
     observed = predict_decode("littles", slow, 2, workload, SLO(ttft_s=1, tpot_ms=1)).tpot_mean_ms
     obs = LiveObservation(decode=DecodeObservation(
         rate_per_s=5.0, replicas=2, input_tokens=2000, output_tokens=300, tpot_ms=observed))
-    result = estimate_corrections(base, obs)
+    result = estimate_corrections(base, obs, decode_model="littles")
     assert result.factors.decode_tpot == pytest.approx(truth, rel=1e-6)
     assert result.factors.prefill_service_time == 1.0
 
@@ -184,6 +184,29 @@ def test_paper_profile_with_observation_at_predicted_values_gives_one() -> None:
         prefill=PrefillObservation(rate_per_s=3, replicas=2, input_tokens=6144, ttft_s=ttft),
         decode=DecodeObservation(rate_per_s=3, replicas=2, input_tokens=6144, output_tokens=512,
                                  tpot_ms=tpot.tpot_mean_ms))
-    result = estimate_corrections(paper, obs)
+    result = estimate_corrections(paper, obs, prefill_model="mgc", decode_model="littles")
     assert result.factors.prefill_service_time == pytest.approx(1.0, rel=1e-6)
     assert result.factors.decode_tpot == pytest.approx(1.0, rel=1e-6)
+
+
+@pytest.mark.parametrize("truth", [0.8, 1.3])
+def test_default_models_are_the_planners(truth: float) -> None:
+    from planner import ModelChoice
+
+    base = profile()
+    choice = ModelChoice()
+    w = Workload.from_means(9.0, 2048, 300)
+    slow = apply_corrections(base, CorrectionFactors(prefill_service_time=truth,
+                                                     decode_tpot=truth))
+    ttft = predict_prefill(choice.prefill, slow.instances[0], 3, w, SLO(ttft_s=1, tpot_ms=1),
+                           TTFTBudget()).ttft_s
+    tpot = predict_decode(choice.decode, slow.instances[1], 2, w,
+                          SLO(ttft_s=1, tpot_ms=1)).tpot_mean_ms
+    obs = LiveObservation(
+        prefill=PrefillObservation(rate_per_s=9.0, replicas=3, input_tokens=2048, ttft_s=ttft),
+        decode=DecodeObservation(rate_per_s=9.0, replicas=2, input_tokens=2048,
+                                 output_tokens=300, tpot_ms=tpot))
+    result = estimate_corrections(base, obs)
+    assert result.factors.prefill_service_time == pytest.approx(truth, rel=1e-6)
+    assert result.factors.decode_tpot == pytest.approx(truth, rel=1e-4)
+    assert choice.prefill in result.prefill.method  # type: ignore[union-attr]

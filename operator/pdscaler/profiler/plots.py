@@ -4,8 +4,8 @@
   against batch size, one colour per context length;
 * ``throughput_vs_tpot.png`` — decode throughput against TPOT with the paper's degree-2 fit;
 * ``ttft_vs_rate.png`` — measured TTFT (mean and p90) against the Poisson request rate beside the
-  ``mm1`` and ``mg1`` queueing predictions from the measured profile (the check of the paper's
-  Fig. 1);
+  ``mm1``, ``mg1`` and ``ggc`` queueing predictions from the measured profile (the check of the
+  paper's Fig. 1);
 * ``prefill.png`` — zero-load TTFT and maximum prefill throughput against input length.
 """
 
@@ -168,14 +168,14 @@ def plot_ttft_vs_rate(profile: ProfileSet, records: Sequence[Record], path: Path
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.plot(rates, mean, "o", color="C0", label="measured mean")
     ax.plot(rates, p90, "s", color="C1", label="measured p90")
-    styles = {"mm1": "--", "mg1": "-"}
+    styles = {"mm1": "--", "mg1": ":", "ggc": "-"}
     for model in CHECK_MODELS:
         predictions = [predicted_ttft(instance, model, length, float(r)) for r in grid]
         ax.plot(grid, [1000 * p["mean"] for p in predictions], styles[model], color="C0",
                 alpha=0.7, label=f"{model} mean")
         ax.plot(grid, [1000 * p["p90"] for p in predictions], styles[model], color="C1",
                 alpha=0.7, label=f"{model} p90")
-    ax.axvline(capacity, color="grey", lw=0.8, ls=":", label="capacity P_max/L")
+    ax.axvline(capacity, color="grey", lw=0.8, ls="-.", label="capacity P_max/L")
     top = max(float(p90.max()), float(mean.max())) * 2.5
     ax.set_ylim(0, top)
     ax.set_xlabel("request rate (requests/s, Poisson)")
