@@ -135,6 +135,7 @@ class Engine:
         self._batch_limit = min(config.max_num_seqs, limit)
         self._kv_capacity = kv_capacity_tokens(config)
         self._step_cache: dict[tuple[int, int], float] = {}
+        self._clock_s = 0.0
 
     @property
     def kv_capacity_tokens(self) -> int:
@@ -199,6 +200,7 @@ class Engine:
     async def _loop(self) -> None:
         while True:
             if not self._prefill_waiting and not self._decode_waiting and not self._running:
+                self._clock_s = 0.0
                 self._wake.clear()
                 await self._wake.wait()
                 continue
@@ -211,6 +213,7 @@ class Engine:
             else:
                 # Waiting for KV space held by nobody running: cannot happen with reservations,
                 # but never spin.
+                self._clock_s = 0.0
                 self._wake.clear()
                 await self._wake.wait()
 
@@ -226,7 +229,7 @@ class Engine:
             chunk = min(remaining, budget)
             members.append((request, chunk))
             budget -= chunk
-        start = time.monotonic()
+        start = self._iteration_start()
         for request, _ in members:
             if request.scheduled_s is None:
                 request.scheduled_s = start
@@ -240,8 +243,7 @@ class Engine:
         ]
         self.metrics.iteration(sum(chunk for _, chunk in members))
         self._update_gauges(running_extra=len(members))
-        await asyncio.sleep(prefill_iteration_s(timings) * self.config.time_scale)
-        now = time.monotonic()
+        now = await self._run_until(start + prefill_iteration_s(timings) * self.config.time_scale)
         for request, chunk in members:
             request.prefilled_tokens += chunk
             if request.prefilled_tokens >= request.prompt_tokens:
@@ -282,8 +284,8 @@ class Engine:
         batch = len(self._running)
         context = sum(r.context_tokens for r in self._running) / batch
         self.metrics.iteration(batch)
-        await asyncio.sleep(self._step_s(batch, context) * self.config.time_scale)
-        now = time.monotonic()
+        start = self._iteration_start()
+        now = await self._run_until(start + self._step_s(batch, context) * self.config.time_scale)
         still: list[SimRequest] = []
         for request in self._running:
             self._emit(request, now)
@@ -294,6 +296,19 @@ class Engine:
                 still.append(request)
         self._running = still
         self._update_gauges()
+
+    def _iteration_start(self) -> float:
+        """Start of the next iteration: the end of the previous one while the engine stays busy
+        (so timer overshoot never accumulates over a stream of steps), else now."""
+        return self._clock_s if self._clock_s else time.monotonic()
+
+    async def _run_until(self, end_s: float) -> float:
+        """Sleep until the absolute time ``end_s``; returns it as the iteration's end."""
+        delay = end_s - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        self._clock_s = end_s
+        return end_s
 
     def _emit(self, request: SimRequest, now: float) -> None:
         if request.first_token_s is None:
