@@ -29,6 +29,7 @@ components:
 lint: venv
 	$(BIN)/ruff check operator planner tests benchmarks
 	$(BIN)/mypy
+	$(BIN)/mypy tests benchmarks
 	$(BIN)/lint-imports
 
 test-unit: venv

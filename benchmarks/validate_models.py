@@ -762,8 +762,11 @@ def render(outcomes: list[Outcome], elapsed_s: float, jobs: int) -> str:
     add("| model | role | points | misses SLO in simulation | within one replica | "
         "mean GPUs over oracle |")
     add("|---|---|---:|---:|---:|---:|")
-    for role, models in (("prefill", ("paper", "mgc", "ggc", "mgc+1")),
-                         ("decode", ("paper", "poisson", "poisson-wait"))):
+    sensitivity_models: tuple[tuple[str, tuple[str, ...]], ...] = (
+        ("prefill", ("paper", "mgc", "ggc", "mgc+1")),
+        ("decode", ("paper", "poisson", "poisson-wait")),
+    )
+    for role, models in sensitivity_models:
         for model in models:
             for kind in ("trace-conv", "trace-code"):
                 subset = [o for o in sensitivity if o.case["workload"] == kind]
