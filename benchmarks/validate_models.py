@@ -766,8 +766,8 @@ def render(outcomes: list[Outcome], elapsed_s: float, jobs: int) -> str:
         ("prefill", ("paper", "mgc", "ggc", "mgc+1")),
         ("decode", ("paper", "poisson", "poisson-wait")),
     )
-    for role, models in sensitivity_models:
-        for model in models:
+    for role, names in sensitivity_models:
+        for model in names:
             for kind in ("trace-conv", "trace-code"):
                 subset = [o for o in sensitivity if o.case["workload"] == kind]
                 s = score(subset, role, model)
