@@ -1,8 +1,8 @@
 """kopf handlers (thin): one daemon per PDDeployment runs :func:`pdscaler.reconcile.reconcile`.
 
 * The **daemon** reconciles shortly after it starts (:data:`START_DELAY_S`), then every
-  ``spec.behavior.intervalS`` (operator default otherwise, with ±5 % jitter so that many
-  objects spread out), in a bounded thread pool: the
+  ``spec.behavior.intervalS`` (operator default otherwise; start to start, see
+  :func:`next_period_s`), in a bounded thread pool: the
   Kubernetes and Prometheus clients are blocking. Errors never end it: it retries with
   exponential backoff (1 s, 2 s, 4 s, ... up to the interval).
 * The **event** handler wakes the daemon when the spec changes (``metadata.generation`` ahead of
@@ -36,6 +36,7 @@ log = logging.getLogger("pdscaler.handlers")
 registry = kopf.OperatorRegistry()
 MEMO_KEY = "pdscaler"
 FINALIZER = f"{GROUP}/finalizer"
+QUEUE_WORKERS = 64
 START_DELAY_S = 2.0
 """Before an object's first reconcile: two replicas started at the same moment both resume
 until each sees the other's peering keep-alive; this delay lets the lower one pause first."""
@@ -53,6 +54,7 @@ class OperatorState:
     reconciles: int = 0
     errors: int = 0
     active: int = 0
+    pending: int = 0
 
 
 def state_of(memo: Any) -> OperatorState:
@@ -74,6 +76,11 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> Non
     settings.execution.max_workers = state.runtime.settings.workers
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
+    # kopf opens one API connection per object it is processing (unlimited by default): a
+    # thousand new objects at once meant a thousand TLS connections and ~300 MB. Bound it; a
+    # short idle timeout keeps per-object workers turning over fast enough for the events.
+    settings.queueing.worker_limit = QUEUE_WORKERS
+    settings.queueing.idle_timeout = 1.0
     log.info(
         "operator configured",
         extra={"priority": settings.peering.priority, "peering": settings.peering.name,
@@ -89,9 +96,22 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     return info
 
 
-@kopf.on.cleanup(registry=registry)
-async def shutdown(memo: Any, **_: Any) -> None:
-    state_of(memo).executor.shutdown(wait=False, cancel_futures=True)
+def _reconcile_latest(body: kopf.Body, rt: Runtime, may_act: Any) -> ReconcileResult:
+    """Reconcile the object as last seen by the watch (copied when a worker is free, so that
+    objects queued behind busy workers hold no copies)."""
+    return reconcile(copy.deepcopy(dict(body)), rt, may_act)
+
+
+def next_period_s(interval_s: float, cycles: int) -> float:
+    """Seconds from one reconcile's start to the next.
+
+    The first period is drawn uniformly from half to one interval, so that objects created (or
+    found at start-up) together spread over the interval instead of reconciling in bursts;
+    later ones are the interval ±2 %.
+    """
+    if cycles == 0:
+        return interval_s * random.uniform(0.5, 1.0)
+    return interval_s * random.uniform(0.98, 1.02)
 
 
 async def _pause(stopped: Any, waker: asyncio.Event, delay_s: float) -> None:
@@ -115,8 +135,8 @@ async def _pause(stopped: Any, waker: asyncio.Event, delay_s: float) -> None:
     waker.clear()
 
 
-@kopf.daemon(GROUP, VERSION, PLURAL, registry=registry, cancellation_timeout=30.0,
-             initial_delay=START_DELAY_S)
+@kopf.daemon(GROUP, VERSION, PLURAL, registry=registry, initial_delay=START_DELAY_S,
+             cancellation_backoff=5.0, cancellation_timeout=30.0)
 async def pddeployment_daemon(
     body: kopf.Body, uid: str, namespace: str | None, name: str, stopped: kopf.DaemonStopped,
     memo: Any, **_: Any,
@@ -133,14 +153,24 @@ async def pddeployment_daemon(
     def may_act() -> bool:
         return not stopped
 
+    previous_start: float | None = None
+    cycles = 0
     try:
+        if state.pending > rt.settings.workers:
+            # Many objects at once (start-up, a bulk create): spread their first reconciles
+            # over one interval instead of queueing them all now.
+            await _pause(stopped, waker, random.uniform(0.0, rt.settings.default_interval_s))
         while not stopped:
-            snapshot = copy.deepcopy(dict(body))
+            started = time.monotonic()
+            if previous_start is not None:
+                obs.RECONCILE_INTERVAL.observe(started - previous_start)
+            previous_start = started
             waker.clear()
             interval_s = rt.settings.default_interval_s
+            state.pending += 1
             try:
                 result: ReconcileResult = await loop.run_in_executor(
-                    state.executor, functools.partial(reconcile, snapshot, rt, may_act)
+                    state.executor, functools.partial(_reconcile_latest, body, rt, may_act)
                 )
                 interval_s = result.interval_s
                 state.reconciles += 1
@@ -150,8 +180,8 @@ async def pddeployment_daemon(
                     backoff_s = min(backoff_s * 2, interval_s)
                 else:
                     backoff_s = 1.0
-                    delay_s = interval_s * random.uniform(0.95, 1.05)
-            except Exception as exc:
+                    delay_s = started + next_period_s(interval_s, cycles) - time.monotonic()
+            except Exception as exc:  # a daemon must never die of an error
                 state.errors += 1
                 kind = type(exc).__name__
                 obs.ERRORS.labels("kube" if "Kube" in kind or "NotFound" in kind
@@ -165,6 +195,9 @@ async def pddeployment_daemon(
                 )
                 delay_s = min(backoff_s, interval_s)
                 backoff_s = min(backoff_s * 2, interval_s)
+            finally:
+                state.pending -= 1
+            cycles += 1
             await _pause(stopped, waker, delay_s)
     finally:
         state.active -= 1

@@ -9,6 +9,7 @@ Metrics (registry :data:`REGISTRY`, served by :func:`serve_metrics`):
 ``pdscaler_observed_rate_per_second``      arrival rate the plan was made for
 ``pdscaler_metrics_available``             1 when every required vLLM series was read
 ``pdscaler_reconcile_duration_seconds``    histogram of reconcile time
+``pdscaler_reconcile_interval_seconds``    histogram of the time between reconciles of an object
 ``pdscaler_reconciles_total``              reconciles by result
 ``pdscaler_reconcile_errors_total``        errors by kind (kube, prometheus, internal)
 ``pdscaler_scale_operations_total``        /scale writes per role and direction
@@ -72,6 +73,14 @@ RECONCILE_DURATION = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
     registry=REGISTRY,
 )
+RECONCILE_INTERVAL = Histogram(
+    "pdscaler_reconcile_interval_seconds",
+    "Time between the starts of two reconciles of the same object (keeping up: about the "
+    "object's interval).",
+    buckets=(1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 31.5, 33.0, 36.0, 45.0, 60.0, 90.0,
+             120.0, 300.0),
+    registry=REGISTRY,
+)
 RECONCILES = Counter(
     "pdscaler_reconciles", "Reconciles by result.", ["result"], registry=REGISTRY
 )
@@ -119,6 +128,10 @@ def serve_metrics(port: int, address: str = "0.0.0.0") -> Any:
         return start_http_server(port, addr=address, registry=REGISTRY)
 
 
+def _plain(value: Any) -> bool:
+    return isinstance(value, (int, float, str, bool, type(None)))
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message and any ``extra`` fields."""
 
@@ -134,9 +147,12 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         for key, value in record.__dict__.items():
-            if key not in self._RESERVED and not key.startswith("_"):
-                entry[key] = value if isinstance(value, (int, float, str, bool, type(None))) \
-                    else str(value)
+            if key in self._RESERVED or key.startswith("_") or key == "settings":
+                continue
+            if _plain(value) or (
+                isinstance(value, dict) and all(_plain(v) for v in value.values())
+            ):
+                entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, separators=(",", ":"))
@@ -173,6 +189,7 @@ __all__ = [
     "PREDICTED_LATENCY",
     "RECONCILES",
     "RECONCILE_DURATION",
+    "RECONCILE_INTERVAL",
     "REGISTRY",
     "REPLICAS",
     "SCALES",

@@ -160,8 +160,9 @@ class Runtime:
     clock: Callable[[], float] = time.time
     names: MetricNameCache = field(default_factory=lambda: MetricNameCache(600.0))
     profiles: LRU = field(default_factory=lambda: LRU(256))
-    plans: LRU = field(default_factory=lambda: LRU(4096))
-    written: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
+    plans: LRU = field(default_factory=lambda: LRU(1024))
+    written: dict[str, tuple[int, str]] = field(default_factory=dict)
+    """Per object uid: resourceVersion and compact JSON of the status we last wrote."""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -492,7 +493,7 @@ def _previous_status(body: Mapping[str, Any], rt: Runtime, uid: str) -> dict[str
         body_rv = int((body.get("metadata") or {}).get("resourceVersion") or 0)
     except ValueError:
         return dict(stored)
-    return dict(written_status) if body_rv < written_rv else dict(stored)
+    return dict(json.loads(written_status)) if body_rv < written_rv else dict(stored)
 
 
 def reconcile(
@@ -946,8 +947,21 @@ def _export(ctx: _Context, new: PDDeploymentStatus) -> None:
     obs.set_or_clear(obs.OBSERVED_RATE, (ns, name), new.observed.rate_per_s)
 
 
+def _numbers_as_floats(value: Any) -> Any:
+    """The API server writes 20.0 back as 20: compare numbers as floats."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: _numbers_as_floats(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_numbers_as_floats(v) for v in value]
+    return value
+
+
 def _normalized(status: Mapping[str, Any]) -> str:
-    return json.dumps(status, sort_keys=True, default=str)
+    return json.dumps(_numbers_as_floats(status), sort_keys=True, default=str)
 
 
 def _write_status(ctx: _Context, rt: Runtime) -> bool:
@@ -963,7 +977,7 @@ def _write_status(ctx: _Context, rt: Runtime) -> bool:
     except ValueError:
         rv = 0
     with rt.lock:
-        rt.written[ctx.uid] = (rv, wire)
+        rt.written[ctx.uid] = (rv, json.dumps(wire, separators=(",", ":")))
     return True
 
 

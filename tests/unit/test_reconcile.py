@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -370,3 +371,26 @@ def test_restart_resumes_the_stabilization_window_from_status() -> None:
     fresh = FakeKube({"p": 3, "d": 4})
     reconcile(body(spec), runtime(fresh, clock, fake_prometheus(tagged(**low))))
     assert fresh.scaled
+
+
+def _as_server_writes(value: Any) -> Any:
+    """The API server writes integral floats back as integers (20.0 -> 20)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _as_server_writes(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_as_server_writes(v) for v in value]
+    return value
+
+
+def test_numbers_rewritten_by_the_server_are_not_a_change() -> None:
+    kube = FakeKube({"p": 3, "d": 4})
+    clock = Clock()
+    rt = runtime(kube, clock)
+    first = reconcile(body(paper_spec()), rt)
+    stored = _as_server_writes(first.status)
+    assert json.dumps(stored) != json.dumps(first.status)  # e.g. 12.52 stays, 0.0 -> 0
+    clock.now += 30
+    second = reconcile(body(paper_spec(), stored), runtime(kube, clock))
+    assert not second.wrote_status
