@@ -394,3 +394,114 @@ def test_numbers_rewritten_by_the_server_are_not_a_change() -> None:
     clock.now += 30
     second = reconcile(body(paper_spec(), stored), runtime(kube, clock))
     assert not second.wrote_status
+
+
+# ----------------------------------------------------------------------------- adapters
+
+
+class _Server:
+    """A local HTTP server answering from a list of (status, JSON body), last one repeated."""
+
+    def __init__(self, answers: list[tuple[int, Any]]) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from threading import Thread
+
+        self.answers = answers
+        self.requests: list[tuple[str, str]] = []
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(length)
+                owner.requests.append((self.command, self.path))
+                status, payload = (owner.answers.pop(0) if len(owner.answers) > 1
+                                   else owner.answers[0])
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                self._answer()
+
+            def do_POST(self) -> None:
+                self._answer()
+
+            def do_PATCH(self) -> None:
+                self._answer()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _kube(url: str) -> Any:
+    from kubernetes.client import ApiClient, Configuration
+    from pdscaler.adapters.kube import KubeClient
+
+    configuration = Configuration(host=url)
+    configuration.retries = False
+    return KubeClient(ApiClient(configuration), timeout_s=2.0)
+
+
+def test_kube_adapter_retries_transient_failures() -> None:
+    server = _Server([(503, {"message": "busy"}), (503, {}), (200, {"ok": True})])
+    try:
+        assert _kube(server.url).request("GET", "/version") == {"ok": True}
+        assert len(server.requests) == 3
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize(("status", "error"), [(404, "NotFoundError"), (409, "ConflictError"),
+                                               (422, "KubeError"), (500, "KubeUnavailableError")])
+def test_kube_adapter_maps_statuses(status: int, error: str) -> None:
+    server = _Server([(status, {"message": f"status {status}"})])
+    try:
+        with pytest.raises(Exception) as info:
+            _kube(server.url).request("PATCH", "/apis/x", {"a": 1})
+        assert type(info.value).__name__ == error
+        assert f"status {status}" in str(info.value)
+    finally:
+        server.close()
+
+
+def test_kube_adapter_unreachable_is_unavailable() -> None:
+    from pdscaler.adapters.kube import KubeUnavailableError
+
+    from tests.components.util import free_port
+
+    with pytest.raises(KubeUnavailableError):
+        _kube(f"http://127.0.0.1:{free_port()}").request("GET", "/version")
+
+
+def test_prometheus_adapter_errors_are_metrics_errors() -> None:
+    from pdscaler.adapters.prometheus import PrometheusClient
+
+    from tests.components.util import free_port
+
+    with pytest.raises(MetricsError, match="unreachable"):
+        PrometheusClient(f"http://127.0.0.1:{free_port()}", timeout_s=1, retries=0).query("up")
+    server = _Server([(400, {"status": "error", "error": "parse error"})])
+    try:
+        with pytest.raises(MetricsError, match="refused the query"):
+            PrometheusClient(server.url, timeout_s=1, retries=0).query("up{")
+    finally:
+        server.close()
+    ok = _Server([(200, {"status": "success", "data": {"resultType": "vector", "result": [
+        {"metric": {"pdscaler_q": "p.rate_per_s"}, "value": [1, "2.5"]}]}})])
+    try:
+        assert PrometheusClient(ok.url).query("x") == [({"pdscaler_q": "p.rate_per_s"}, 2.5)]
+    finally:
+        ok.close()
