@@ -74,7 +74,13 @@ class ControlPolicy(FrozenModel):
 
     @property
     def history_window_s(self) -> float:
-        """How far back the history must reach for the stabilization windows."""
+        """How far back the history must reach for the stabilization windows.
+
+        Examples
+        --------
+        >>> ControlPolicy(scale_up_stabilization_s=60).history_window_s
+        300.0
+        """
         return max(self.scale_up_stabilization_s, self.scale_down_stabilization_s)
 
     def clamp(self, replicas: int) -> int:

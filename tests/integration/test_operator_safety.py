@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
+import yaml
 
+from tests.components.kube import KubeControlPlane
 from tests.components.util import free_port
 from tests.integration.test_operator_support import (  # noqa: F401 - fixtures
     PROFILE,
+    REPO,
     Cluster,
     OperatorProcess,
     VllmPair,
@@ -136,3 +143,32 @@ def test_a_spec_the_schema_cannot_check_is_refused_without_action(
     wait_for(lambda: cluster.replicas("prefill") == 5 and cluster.replicas("decode") == 3, 60,
              what="5P/3D for 40 req/s once the profile is fixed")
     assert _condition(cluster, "llm", "SpecValid")["status"] == "True"
+
+
+def _run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pdscaler.cli_operator", "operator", "run", *args],
+        env={**env, "PYTHONPATH": os.pathsep.join([str(REPO / "operator"), str(REPO)])},
+        capture_output=True, text=True, timeout=60, check=False, cwd=REPO,
+    )
+
+
+def test_the_operator_refuses_to_start_on_bad_settings(
+    operator_crds: KubeControlPlane, tmp_path: Path
+) -> None:
+    env = operator_crds.env()
+    bad = _run_cli(["--namespace", "x", "--standalone", "--interval", "0"],
+                   {**env, "PDSCALER_PROMETHEUS_URL": "prometheus:9090"})
+    assert bad.returncode == 2
+    assert "PDSCALER_PROMETHEUS_URL='prometheus:9090'" in bad.stderr
+    assert "--default-interval-s=0.0" in bad.stderr
+    no_scope = _run_cli(["--standalone"], env)
+    assert no_scope.returncode == 2 and "--all-namespaces" in no_scope.stderr
+    # A cluster that cannot be reached: refused at start, after a few quick retries.
+    config = yaml.safe_load(operator_crds.kubeconfig.read_text())
+    config["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{free_port()}"
+    unreachable = tmp_path / "kubeconfig"
+    unreachable.write_text(yaml.safe_dump(config))
+    down = _run_cli(["--namespace", "x", "--standalone"], {**env, "KUBECONFIG": str(unreachable)})
+    assert down.returncode == 2
+    assert "cannot reach the API server" in down.stderr

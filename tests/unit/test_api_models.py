@@ -20,6 +20,7 @@ from pdscaler.api import (
     parse_spec,
     parse_status,
 )
+from pdscaler.settings import SettingsError, load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -185,3 +186,41 @@ def test_examples_are_valid(path: Path) -> None:
     for obj in objects:
         assert obj["apiVersion"] == "pdscaler.io/v1alpha1"
         PDDeploymentSpec.model_validate(obj["spec"])
+
+
+# ----------------------------------------------------------------------------- operator settings
+
+
+def test_settings_from_environment_and_flags() -> None:
+    settings = load_settings(
+        {"PDSCALER_PROMETHEUS_URL": "http://prom.monitoring:9090/", "PDSCALER_WORKERS": "6",
+         "PDSCALER_NAMESPACES": "a, b", "PDSCALER_STANDALONE": "yes"},
+        {"workers": 12, "log_format": None},
+    )
+    assert settings.prometheus_url == "http://prom.monitoring:9090"
+    assert settings.workers == 12  # the flag wins
+    assert settings.namespaces == ("a", "b")
+    assert settings.standalone is True
+    assert settings.log_format == "json"
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"PDSCALER_PROMETHEUS_URL": "prometheus:9090"}, "PDSCALER_PROMETHEUS_URL"),
+    ({"PDSCALER_PROMETHEUS_URL": "http://host:99999"}, "invalid port"),
+    ({"PDSCALER_INTERVAL_S": "0"}, "default_interval_s"),
+    ({"PDSCALER_WORKERS": "lots"}, "valid integer"),
+    ({"PDSCALER_LOG_FORMAT": "xml"}, "log_format"),
+    ({"PDSCALER_STANDALONE": "maybe"}, "standalone"),
+    ({"PDSCALER_NAMESPACES": "Bad_NS"}, "not a namespace name"),
+    ({"PDSCALER_METRICS_PORT": "70000"}, "metrics_port"),
+])
+def test_bad_settings_are_refused_with_their_source(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        load_settings(env)
+    assert message in str(info.value)
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    with pytest.raises(SettingsError) as info:
+        load_settings({"PDSCALER_WORKERS": "0", "PDSCALER_HEALTH_PORT": "-1"})
+    assert len(str(info.value).splitlines()) == 2
