@@ -21,6 +21,9 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from planner import ModelChoice
+from planner.models import DecodeModelName, PrefillModelName
+
 GROUP = "pdscaler.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -39,6 +42,7 @@ K8S_NAME = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 K8S_LABEL_KEY = r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
 MAX_LABELS = 16
 MAX_HISTORY = 50
+_DEFAULT_MODELS = ModelChoice()
 
 
 @dataclass(frozen=True)
@@ -455,11 +459,20 @@ class BudgetSpec(CrdModel):
 class PlannerSpec(CrdModel):
     """Advanced: which latency models the planner uses and the fixed parts of TTFT."""
 
-    prefill_model: Literal["paper", "mm1", "mmc", "mg1", "mgc"] = Field(
-        default="mgc", description="TTFT model of the prefill pool (docs/planner.md)."
+    prefill_model: PrefillModelName = Field(
+        default=_DEFAULT_MODELS.prefill,
+        description="TTFT model of the prefill pool (README, planner/models.py).",
     )
-    decode_model: Literal["paper", "littles", "poisson"] = Field(
-        default="poisson", description="TPOT model of the decode pool (docs/planner.md)."
+    decode_model: DecodeModelName = Field(
+        default=_DEFAULT_MODELS.decode,
+        description="TPOT model of the decode pool (README, planner/models.py).",
+    )
+    arrival_dispersion: float = Field(
+        default=1.0,
+        gt=0,
+        le=1000,
+        description="Index of dispersion of arrivals (variance over mean of arrivals per 10 s): "
+        "1 for Poisson traffic, above 1 for bursty traffic (used by the ggc prefill model).",
     )
     router: Literal["least-loaded", "random"] = Field(
         default="least-loaded", description="How requests are spread over the instances."

@@ -353,11 +353,11 @@ def quantize(workload: Workload) -> Workload:
 
     Well inside the noise of a measurement window; makes plans cacheable and status stable.
     """
-    return Workload(
-        rate_per_s=float(f"{workload.rate_per_s:.3g}"),
-        input_tokens=_quantize_distribution(workload.input_tokens),
-        output_tokens=_quantize_distribution(workload.output_tokens),
-    )
+    return workload.model_copy(update={
+        "rate_per_s": float(f"{workload.rate_per_s:.3g}"),
+        "input_tokens": _quantize_distribution(workload.input_tokens),
+        "output_tokens": _quantize_distribution(workload.output_tokens),
+    })
 
 
 def _length(spec: LengthSpec) -> LengthDistribution:
@@ -684,6 +684,7 @@ def _read_workload(ctx: _Context, spec: PDDeploymentSpec, rt: Runtime) -> _Workl
                 rate_per_s=static.rate_per_s,
                 input_tokens=_length(static.input_tokens),
                 output_tokens=_length(static.output_tokens),
+                arrival_dispersion=spec.planner.arrival_dispersion,
             ))
     else:
         result = _read_prometheus(ctx, spec, rt)
@@ -733,7 +734,12 @@ def _read_prometheus(ctx: _Context, spec: PDDeploymentSpec, rt: Runtime) -> _Wor
         ))
     if observation.idle:
         return _WorkloadRead(idle=True)
-    return _WorkloadRead(workload=observation.workload)
+    workload = observation.workload
+    if workload is not None:
+        workload = workload.model_copy(
+            update={"arrival_dispersion": spec.planner.arrival_dispersion}
+        )
+    return _WorkloadRead(workload=workload)
 
 
 def _plan(

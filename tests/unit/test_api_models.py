@@ -22,6 +22,8 @@ from pdscaler.api import (
 )
 from pdscaler.settings import SettingsError, load_settings
 
+from planner import ModelChoice
+
 REPO = Path(__file__).resolve().parents[2]
 
 VALID_SPEC: dict[str, Any] = {
@@ -117,7 +119,8 @@ def test_valid_spec_round_trips() -> None:
     wire = spec.to_wire()
     assert parse_spec(wire) == spec
     # Defaults are filled in exactly as the CRD's defaults would.
-    assert wire["planner"]["prefillModel"] == "mgc"
+    assert wire["planner"]["prefillModel"] == ModelChoice().prefill  # the planner's default
+    assert wire["planner"]["arrivalDispersion"] == 1.0
     assert wire["workload"]["prometheus"]["maxAgeS"] == 120.0
     assert wire["behavior"]["scaleUpStabilizationS"] == 0.0
 
