@@ -76,7 +76,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from scipy.stats import poisson
+from scipy.special import pdtrc, pdtrik
 
 from planner.profile import DecodeCurve, FrozenModel, InstanceProfile, PrefillCurve
 from planner.queueing import (
@@ -403,10 +403,11 @@ def predict_decode(
 
 def _token_batch_quantile(batch: float, replicas: int, percentile: float, router: Router) -> float:
     """Quantile of the batch a token sees: 1 + Poisson(B), pooled over instances when balanced."""
+    # ceil(pdtrik(q, m)) is the Poisson(m) q-quantile (the smallest k with CDF(k) >= q).
     if router == "least-loaded":
-        pooled = float(poisson.ppf(percentile, batch * replicas))
+        pooled = math.ceil(float(pdtrik(percentile, batch * replicas)))
         return 1.0 + math.ceil(pooled / replicas)
-    return 1.0 + float(poisson.ppf(percentile, batch))
+    return 1.0 + math.ceil(float(pdtrik(percentile, batch)))
 
 
 def decode_wait_factor(
@@ -441,23 +442,23 @@ def decode_wait_factor(
         return 1.0
     gaps = lengths[many] - 1.0
     share = weights[many] / float(weights[many].sum())
-    busy = float(poisson.sf(replicas - 1, replicas * batch_mean))
+    busy = float(pdtrc(replicas - 1, replicas * batch_mean))  # P(Poisson(n b) >= n)
     if percentile is None:
         return 1.0 + busy * 0.5 * float(np.dot(share, 1.0 / gaps))
-
-    def exceed(x: float) -> float:
-        return float(np.dot(share, busy * np.clip(1.0 - (x - 1.0) * gaps, 0.0, 1.0)))
-
-    if exceed(1.0) <= 1.0 - percentile:
+    target = 1.0 - percentile
+    if busy <= target:
         return 1.0
-    low, high = 1.0, 2.0
-    for _ in range(50):
-        middle = 0.5 * (low + high)
-        if exceed(middle) > 1.0 - percentile:
-            low = middle
-        else:
-            high = middle
-    return high
+    # P(factor > 1 + y) = busy * sum_i s_i max(0, 1 - y g_i): piecewise linear, decreasing in y,
+    # with breakpoints at y = 1/g_i. On the piece below breakpoint k the active terms are those
+    # with 1/g_i >= y, so it reads busy * (A_k - y B_k) with suffix sums A (of s) and B (of s g).
+    order = np.argsort(1.0 / gaps)
+    ends = (1.0 / gaps)[order]
+    suffix_s = np.cumsum(share[order][::-1])[::-1]
+    suffix_sg = np.cumsum((share * gaps)[order][::-1])[::-1]
+    starts = np.concatenate(([0.0], ends[:-1]))
+    roots = (suffix_s - target / busy) / suffix_sg
+    inside = (roots >= starts - 1e-12) & (roots <= ends + 1e-12)
+    return 1.0 + float(roots[np.argmax(inside)]) if inside.any() else 1.0 + float(ends[-1])
 
 
 def _kv_fraction(curve: DecodeCurve, batch: float, context_tokens: float) -> float:
