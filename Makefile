@@ -25,6 +25,7 @@ components:
 	bash scripts/install-prometheus.sh
 	bash scripts/install-kube.sh
 	bash scripts/install-vllm.sh
+	bash scripts/install-helm.sh
 
 lint: venv
 	$(BIN)/ruff check operator planner tests benchmarks
