@@ -479,6 +479,29 @@ def _make_step_time(curve: DecodeCurve, batches: FloatArray) -> Callable[[int, f
     return step_time
 
 
+def prefill_iteration_s(
+    members: list[tuple[float, float, float]],
+) -> float:
+    """Duration of one prefill iteration, seconds (the rule stated in the module docstring).
+
+    The event loop of :func:`simulate` applies the same rule inline on plain floats; the
+    real-time vLLM simulator calls this function.
+
+    ``members`` holds ``(S(L), t0(L), fraction)`` per request in the iteration, with ``fraction``
+    the part of its prompt processed (chunk / prompt length).
+
+    Examples
+    --------
+    >>> prefill_iteration_s([(0.1, 0.15, 1.0)])            # alone: the zero-load latency
+    0.15
+    >>> round(prefill_iteration_s([(0.1, 0.15, 1.0)] * 4), 6)   # batched: saturated work
+    0.4
+    """
+    saturated = sum(s * f for s, _, f in members)
+    alone = max(t0 * f for _, t0, f in members)
+    return max(saturated, alone)
+
+
 def decode_step_time_s(curve: DecodeCurve, batch: int, context_tokens: float) -> float:
     """The simulator's decode step time: ``curve.tpot_ms(batch, context) / 1000`` (seconds).
 

@@ -8,6 +8,12 @@ import math
 import sys
 from typing import Any
 
+from pdscaler.cli_args import (
+    NON_NEGATIVE_FLOAT,
+    POSITIVE_FLOAT,
+    POSITIVE_INT,
+    parse_percentile,
+)
 from pdscaler.inputs import load_profiles, load_trace
 from planner import (
     DECODE_MODELS,
@@ -37,56 +43,11 @@ from planner.paper import (
 from planner.workload import Trace
 
 
-def parse_percentile(text: str) -> float | None:
-    """``mean`` → None; ``p90``/``90``/``0.9`` → 0.9."""
-    value = text.strip().lower()
-    if value in ("mean", "avg", "average"):
-        return None
-    if value.startswith("p"):
-        value = value[1:]
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"percentile {text!r}: use mean, p50, p90, p99 or 0.9"
-        ) from None
-    if number >= 1:
-        number /= 100.0
-    if not 0 < number < 1:
-        raise argparse.ArgumentTypeError(
-            f"percentile {text!r} must be between 0 and 100 (exclusive)"
-        )
-    return number
-
-
-def _positive(kind: type[float] | type[int]) -> Any:
-    def convert(text: str) -> float | int:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not math.isfinite(value) or value <= 0:
-            raise argparse.ArgumentTypeError(f"{text!r} must be a finite number > 0")
-        return value
-
-    return convert
-
-
-def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number >= 0")
-    return value
-
-
 def _price(text: str) -> tuple[str, float]:
     gpu, sep, amount = text.partition("=")
     if not sep or not gpu:
         raise argparse.ArgumentTypeError(f"price {text!r}: use GPU_TYPE=PRICE_PER_GPU_HOUR")
-    return gpu, _non_negative(amount)
+    return gpu, float(NON_NEGATIVE_FLOAT(amount))
 
 
 def add_plan_parser(subparsers: Any) -> None:
@@ -98,18 +59,18 @@ def add_plan_parser(subparsers: Any) -> None:
     )
     load = parser.add_argument_group("workload")
     rate = load.add_mutually_exclusive_group()
-    rate.add_argument("--rate-per-s", type=_positive(float), help="request arrival rate, req/s")
+    rate.add_argument("--rate-per-s", type=POSITIVE_FLOAT, help="request arrival rate, req/s")
     rate.add_argument(
         "--tokens-per-min",
-        type=_positive(float),
+        type=POSITIVE_FLOAT,
         help=f"total (input + output) tokens per minute (default {TOTAL_TOKENS_PER_MIN:.0f})",
     )
     load.add_argument(
-        "--input-tokens", type=_positive(float), help=f"mean input length (default {INPUT_TOKENS})"
+        "--input-tokens", type=POSITIVE_FLOAT, help=f"mean input length (default {INPUT_TOKENS})"
     )
     load.add_argument(
         "--output-tokens",
-        type=_positive(float),
+        type=POSITIVE_FLOAT,
         help=f"mean output length (default {OUTPUT_TOKENS})",
     )
     load.add_argument(
@@ -119,37 +80,40 @@ def add_plan_parser(subparsers: Any) -> None:
     )
     load.add_argument(
         "--trace-rate-scale",
-        type=_positive(float),
+        type=POSITIVE_FLOAT,
         default=1.0,
         help="multiply the trace's mean rate (default 1)",
     )
     load.add_argument(
         "--arrival-dispersion",
-        type=_positive(float),
+        type=POSITIVE_FLOAT,
         default=None,
         help="index of dispersion of arrival counts in 10 s windows (1 = Poisson; "
         "default: measured from --trace, else 1)",
     )
     slo = parser.add_argument_group("SLOs")
-    slo.add_argument("--ttft-s", type=_positive(float), default=TTFT_S, help="TTFT target, seconds")
+    slo.add_argument("--ttft-s", type=POSITIVE_FLOAT, default=TTFT_S, help="TTFT target, seconds")
     slo.add_argument(
         "--ttft-percentile",
         type=parse_percentile,
         default=None,
         help="mean (default), p50, p90, p99, ...",
     )
-    slo.add_argument("--tpot-ms", type=_positive(float), default=TPOT_MS, help="TPOT target, ms")
+    slo.add_argument("--tpot-ms", type=POSITIVE_FLOAT, default=TPOT_MS, help="TPOT target, ms")
     slo.add_argument("--tpot-percentile", type=parse_percentile, default=None)
     slo.add_argument(
         "--ttft-overhead-s",
-        type=_non_negative,
+        type=NON_NEGATIVE_FLOAT,
         default=TTFT_OVERHEAD_S,
         help="fixed TTFT overhead: client, router (default 0.1)",
     )
     slo.add_argument(
-        "--kv-transfer-s", type=_non_negative, default=0.0, help="fixed KV-cache transfer time, s"
+        "--kv-transfer-s",
+        type=NON_NEGATIVE_FLOAT,
+        default=0.0,
+        help="fixed KV-cache transfer time, s",
     )
-    slo.add_argument("--kv-transfer-s-per-token", type=_non_negative, default=0.0)
+    slo.add_argument("--kv-transfer-s-per-token", type=NON_NEGATIVE_FLOAT, default=0.0)
     slo.add_argument(
         "--first-decode-step", action="store_true", help="count the first decode step in TTFT"
     )
@@ -181,7 +145,7 @@ def add_plan_parser(subparsers: Any) -> None:
         help="fractional → integer replicas for the paper models "
         "(default: nearest for the embedded example, else ceil)",
     )
-    model.add_argument("--rounding-tolerance", type=_non_negative, default=0.0)
+    model.add_argument("--rounding-tolerance", type=NON_NEGATIVE_FLOAT, default=0.0)
     model.add_argument("--router", choices=("least-loaded", "random"), default="least-loaded")
     model.add_argument("--prefill-configs", help="comma-separated prefill configs to consider")
     model.add_argument("--decode-configs", help="comma-separated decode configs to consider")
@@ -193,8 +157,8 @@ def add_plan_parser(subparsers: Any) -> None:
         default=[],
         help="GPU price, e.g. --price h200=3.8 (per GPU-hour); repeatable",
     )
-    limits.add_argument("--max-gpus", type=_positive(int))
-    limits.add_argument("--max-cost-per-hour", type=_positive(float))
+    limits.add_argument("--max-gpus", type=POSITIVE_INT)
+    limits.add_argument("--max-cost-per-hour", type=POSITIVE_FLOAT)
     for role in ("prefill", "decode"):
         limits.add_argument(f"--{role}-min-replicas", type=int, default=0)
         limits.add_argument(f"--{role}-max-replicas", type=int, default=None)

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pdscaler.cli_plan import parse_percentile
+from pdscaler.cli_args import NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, parse_percentile
 from pdscaler.inputs import load_profiles
 from pdscaler.profiler.client import EndpointError
 from pdscaler.profiler.settings import (
@@ -55,36 +55,6 @@ def _float_list(text: str) -> tuple[float, ...]:
     if not values or any(not math.isfinite(v) or v <= 0 for v in values):
         raise argparse.ArgumentTypeError(f"{text!r}: every value must be a finite number > 0")
     return values
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number > 0")
-    return value
 
 
 def _fraction(text: str) -> float:
@@ -138,37 +108,37 @@ def add_profile_parser(subparsers: Any) -> None:
     pre = parser.add_argument_group("prefill sweep")
     pre.add_argument("--input-tokens", type=_int_list, default=DEFAULT_INPUT_TOKENS,
                      help=f"input lengths (default {_csv(DEFAULT_INPUT_TOKENS)})")
-    pre.add_argument("--zero-load-requests", type=_positive_int, default=5,
+    pre.add_argument("--zero-load-requests", type=POSITIVE_INT, default=5,
                      help="sequential requests per input length for the zero-load TTFT")
-    pre.add_argument("--prefill-concurrency", type=_positive_int,
+    pre.add_argument("--prefill-concurrency", type=POSITIVE_INT,
                      help="requests in flight for the saturated throughput (default "
                      "ceil(saturation-tokens / L), 4..128)")
-    pre.add_argument("--saturation-tokens", type=_positive_int, default=16384,
+    pre.add_argument("--saturation-tokens", type=POSITIVE_INT, default=16384,
                      help="prompt tokens to keep queued when the concurrency is automatic "
                      "(about twice the engine's max_num_batched_tokens)")
-    pre.add_argument("--saturation-requests", type=_positive_int,
+    pre.add_argument("--saturation-requests", type=POSITIVE_INT,
                      help="requests per saturation trial (default 4 x concurrency, >= 16)")
     rate = parser.add_argument_group("TTFT vs request rate")
-    rate.add_argument("--rate-input-tokens", type=_positive_int,
+    rate.add_argument("--rate-input-tokens", type=POSITIVE_INT,
                       help="input length of the rate sweep (default: the middle input length)")
     rate.add_argument("--rate-utilizations", type=_float_list, default=DEFAULT_UTILIZATIONS,
                       help="fractions of the measured capacity P_max/L "
                       f"(default {_csv(DEFAULT_UTILIZATIONS)})")
     rate.add_argument("--rates", type=_float_list, help="explicit request rates, req/s")
-    rate.add_argument("--rate-requests", type=_positive_int, default=60,
+    rate.add_argument("--rate-requests", type=POSITIVE_INT, default=60,
                       help="requests per rate (default 60)")
     dec = parser.add_argument_group("decode sweep")
     dec.add_argument("--contexts", type=_int_list, default=DEFAULT_CONTEXTS,
                      help=f"context lengths (default {_csv(DEFAULT_CONTEXTS)})")
     dec.add_argument("--batch-sizes", type=_int_list, default=DEFAULT_BATCH_SIZES,
                      help=f"concurrencies (default {_csv(DEFAULT_BATCH_SIZES)})")
-    dec.add_argument("--decode-output-tokens", type=_positive_int, default=128,
+    dec.add_argument("--decode-output-tokens", type=POSITIVE_INT, default=128,
                      help="output tokens per stream (prompt = context - output/2)")
     dec.add_argument("--ramp-fraction", type=_fraction, default=0.1,
                      help="share of the steady window dropped at each end (default 0.1)")
-    dec.add_argument("--kv-cache-tokens", type=_positive_int,
+    dec.add_argument("--kv-cache-tokens", type=POSITIVE_INT,
                      help="KV-cache capacity (default: from vllm:cache_config_info)")
-    dec.add_argument("--max-batch-size", type=_positive_int,
+    dec.add_argument("--max-batch-size", type=POSITIVE_INT,
                      help="the engine's max_num_seqs, recorded in the profile")
     run = parser.add_argument_group("requests and repetition")
     run.add_argument("--prompt-mode", choices=("ids", "text"), default="ids",
@@ -177,11 +147,11 @@ def add_profile_parser(subparsers: Any) -> None:
     run.add_argument("--token-ids", type=_id_range, default=(10, 250),
                      help="range LOW:HIGH of random prompt token ids (default 10:250)")
     run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--trials", type=_positive_int, default=3,
+    run.add_argument("--trials", type=POSITIVE_INT, default=3,
                      help="repetitions of each saturation and decode point (median kept)")
-    run.add_argument("--warmup-requests", type=_non_negative_int, default=4)
-    run.add_argument("--request-timeout-s", type=_positive_float, default=120.0)
-    run.add_argument("--point-timeout-s", type=_positive_float, default=600.0)
+    run.add_argument("--warmup-requests", type=NON_NEGATIVE_INT, default=4)
+    run.add_argument("--request-timeout-s", type=POSITIVE_FLOAT, default=120.0)
+    run.add_argument("--point-timeout-s", type=POSITIVE_FLOAT, default=600.0)
     run.add_argument("--max-error-rate", type=_fraction, default=0.05,
                      help="failed requests tolerated per point and overall (default 0.05)")
     run.add_argument("--skip", action="append", choices=("prefill", "rate", "decode"),
@@ -190,11 +160,11 @@ def add_profile_parser(subparsers: Any) -> None:
     lab.add_argument("--name", help="config name (default GPU_TYPE-tpN)")
     lab.add_argument("--gpu-type", default="unknown", help="GPU type, e.g. h100")
     lab.add_argument("--hardware", default="unknown", help="e.g. h100_sxm, 1x H100 80GB")
-    lab.add_argument("--tensor-parallel", type=_positive_int, default=1)
-    lab.add_argument("--pipeline-parallel", type=_positive_int, default=1)
-    lab.add_argument("--data-parallel", type=_positive_int, default=1)
-    lab.add_argument("--expert-parallel", type=_positive_int, default=1)
-    lab.add_argument("--gpus-per-instance", type=_positive_int,
+    lab.add_argument("--tensor-parallel", type=POSITIVE_INT, default=1)
+    lab.add_argument("--pipeline-parallel", type=POSITIVE_INT, default=1)
+    lab.add_argument("--data-parallel", type=POSITIVE_INT, default=1)
+    lab.add_argument("--expert-parallel", type=POSITIVE_INT, default=1)
+    lab.add_argument("--gpus-per-instance", type=POSITIVE_INT,
                      help="default tensor x pipeline x data")
     lab.add_argument("--notes", default="", help="free text for the profile's notes")
     parser.set_defaults(handler=run_profile_command)
@@ -330,10 +300,10 @@ def add_calibrate_parser(subparsers: Any) -> None:
                       help='PromQL label matchers of the prefill pods, e.g. job="prefill"')
     prom.add_argument("--decode-selector", default=None,
                       help="matchers of the decode pods (default: the prefill selector)")
-    prom.add_argument("--window-s", type=_positive_float, default=300.0)
-    prom.add_argument("--prefill-replicas", type=_positive_int,
+    prom.add_argument("--window-s", type=POSITIVE_FLOAT, default=300.0)
+    prom.add_argument("--prefill-replicas", type=POSITIVE_INT,
                       help="override the instance count read from the series")
-    prom.add_argument("--decode-replicas", type=_positive_int)
+    prom.add_argument("--decode-replicas", type=POSITIVE_INT)
     prom.add_argument("--use-running-batch", action="store_true",
                       help="compare TPOT at the current running batch per decode instance")
     prom.add_argument("--ttft-percentile", type=parse_percentile, default=None,

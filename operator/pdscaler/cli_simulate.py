@@ -19,7 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from pdscaler.cli_plan import parse_percentile
+from pdscaler.cli_args import (
+    NON_NEGATIVE_FLOAT,
+    POSITIVE_FLOAT,
+    POSITIVE_INT,
+    parse_percentile,
+)
 from pdscaler.inputs import load_profiles, load_trace
 from planner import SLO, LengthDistribution, PlanRequest, TTFTBudget, Workload, plan
 from planner.paper import INPUT_TOKENS, OUTPUT_TOKENS, TOTAL_TOKENS_PER_MIN, TPOT_MS, TTFT_S
@@ -37,31 +42,10 @@ from planner.simulate import (
 EXIT_SLO_MISSED = 3
 
 
-def _number(kind: type[float] | type[int], minimum: float, inclusive: bool) -> Any:
-    def convert(text: str) -> float | int:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not math.isfinite(value) or value < minimum or (not inclusive and value == minimum):
-            relation = ">=" if inclusive else ">"
-            raise argparse.ArgumentTypeError(
-                f"{text!r} must be a finite number {relation} {minimum:g}"
-            )
-        return value
-
-    return convert
-
-
-_POSITIVE_FLOAT = _number(float, 0.0, inclusive=False)
-_POSITIVE_INT = _number(int, 0, inclusive=False)
-_NON_NEGATIVE = _number(float, 0.0, inclusive=True)
-
-
 def _token_budget(text: str) -> int | None:
     if text.strip().lower() in ("none", "off", "0"):
         return None
-    value: int = _POSITIVE_INT(text)
+    value: int = POSITIVE_INT(text)
     return value
 
 
@@ -82,8 +66,8 @@ def add_simulate_parser(subparsers: Any) -> None:
     pool.add_argument("--prefill-config", help="prefill instance config (default: the first, "
                       "or the planner's choice when replicas are not given)")
     pool.add_argument("--decode-config", help="decode instance config (as --prefill-config)")
-    pool.add_argument("--prefill-replicas", type=_POSITIVE_INT, help="prefill instances")
-    pool.add_argument("--decode-replicas", type=_POSITIVE_INT, help="decode instances")
+    pool.add_argument("--prefill-replicas", type=POSITIVE_INT, help="prefill instances")
+    pool.add_argument("--decode-replicas", type=POSITIVE_INT, help="decode instances")
     pool.add_argument("--router", choices=ROUTERS, default="least-loaded",
                       help="router of both pools (default least-loaded)")
     pool.add_argument("--prefill-router", choices=ROUTERS,
@@ -96,47 +80,47 @@ def add_simulate_parser(subparsers: Any) -> None:
     pool.add_argument("--service", choices=("profile", "exponential"), default="profile",
                       help="prefill service: the profile's (default) or exponential with the "
                       "profile mean, no batching")
-    pool.add_argument("--max-batch", type=_POSITIVE_INT,
+    pool.add_argument("--max-batch", type=POSITIVE_INT,
                       help="decode batch limit (default: profile)")
-    pool.add_argument("--kv-cache-tokens", type=_POSITIVE_INT,
+    pool.add_argument("--kv-cache-tokens", type=POSITIVE_INT,
                       help="KV-cache capacity per decode instance (default: profile)")
     load = parser.add_argument_group("workload")
     load.add_argument("--trace",
                       help="replay a trace CSV (TIMESTAMP,ContextTokens,GeneratedTokens)")
-    load.add_argument("--time-scale", type=_POSITIVE_FLOAT, default=1.0,
+    load.add_argument("--time-scale", type=POSITIVE_FLOAT, default=1.0,
                       help="trace time compression: arrival offsets divided by this (rate x it)")
-    load.add_argument("--target-rate-per-s", type=_POSITIVE_FLOAT,
+    load.add_argument("--target-rate-per-s", type=POSITIVE_FLOAT,
                       help="trace: time-compress to this mean rate (overrides --time-scale)")
-    load.add_argument("--rate-scale", type=_POSITIVE_FLOAT, default=1.0,
+    load.add_argument("--rate-scale", type=POSITIVE_FLOAT, default=1.0,
                       help="trace: scale the rate at constant span (thinning / superposed copies)")
-    load.add_argument("--trace-start-s", type=_NON_NEGATIVE, default=0.0,
+    load.add_argument("--trace-start-s", type=NON_NEGATIVE_FLOAT, default=0.0,
                       help="trace window start, seconds of the trace")
-    load.add_argument("--trace-duration-s", type=_POSITIVE_FLOAT, help="trace window length")
-    load.add_argument("--rate-per-s", type=_POSITIVE_FLOAT,
+    load.add_argument("--trace-duration-s", type=POSITIVE_FLOAT, help="trace window length")
+    load.add_argument("--rate-per-s", type=POSITIVE_FLOAT,
                       help="Poisson arrival rate (default: the paper's 5 M tokens/min)")
-    load.add_argument("--input-tokens", type=_POSITIVE_FLOAT,
+    load.add_argument("--input-tokens", type=POSITIVE_FLOAT,
                       help=f"constant input length (default {INPUT_TOKENS})")
-    load.add_argument("--output-tokens", type=_POSITIVE_FLOAT,
+    load.add_argument("--output-tokens", type=POSITIVE_FLOAT,
                       help=f"constant output length (default {OUTPUT_TOKENS})")
     load.add_argument("--lengths-from", metavar="TRACE",
                       help="Poisson arrivals with this trace's length distributions")
-    load.add_argument("--requests", type=_POSITIVE_INT, default=None,
+    load.add_argument("--requests", type=POSITIVE_INT, default=None,
                       help="Poisson: number of requests (default 10000); trace: replay at most "
                       "this many")
-    load.add_argument("--warmup-s", type=_NON_NEGATIVE, default=0.0,
+    load.add_argument("--warmup-s", type=NON_NEGATIVE_FLOAT, default=0.0,
                       help="do not measure requests arriving in the first seconds")
     load.add_argument("--seed", type=int, default=0)
     slo = parser.add_argument_group("SLOs and TTFT budget")
-    slo.add_argument("--ttft-s", type=_POSITIVE_FLOAT, default=TTFT_S, help="TTFT target, s")
+    slo.add_argument("--ttft-s", type=POSITIVE_FLOAT, default=TTFT_S, help="TTFT target, s")
     slo.add_argument("--ttft-percentile", type=parse_percentile, default=None,
                      help="mean (default), p50, p90, p99, ...")
-    slo.add_argument("--tpot-ms", type=_POSITIVE_FLOAT, default=TPOT_MS, help="TPOT target, ms")
+    slo.add_argument("--tpot-ms", type=POSITIVE_FLOAT, default=TPOT_MS, help="TPOT target, ms")
     slo.add_argument("--tpot-percentile", type=parse_percentile, default=None)
-    slo.add_argument("--ttft-overhead-s", type=_NON_NEGATIVE, default=0.0,
+    slo.add_argument("--ttft-overhead-s", type=NON_NEGATIVE_FLOAT, default=0.0,
                      help="fixed TTFT overhead added to every request (client, router)")
-    slo.add_argument("--kv-transfer-s", type=_NON_NEGATIVE, default=0.0,
+    slo.add_argument("--kv-transfer-s", type=NON_NEGATIVE_FLOAT, default=0.0,
                      help="fixed KV-cache transfer time, s")
-    slo.add_argument("--kv-transfer-s-per-token", type=_NON_NEGATIVE, default=0.0)
+    slo.add_argument("--kv-transfer-s-per-token", type=NON_NEGATIVE_FLOAT, default=0.0)
     slo.add_argument("--first-decode-step", action="store_true",
                      help="the first token comes from the first decode step (counted in TTFT)")
     out = parser.add_argument_group("output")

@@ -32,7 +32,7 @@ from typing import Literal
 
 from pdscaler.vllmsim.metrics import VllmMetrics
 from planner import InstanceProfile
-from planner.simulate import decode_step_time_s
+from planner.simulate import decode_step_time_s, prefill_iteration_s
 
 Role = Literal["prefill", "decode", "both"]
 DEFAULT_TOKEN_BUDGET = 8192
@@ -41,26 +41,6 @@ DEFAULT_MAX_NUM_SEQS = 256
 
 class EngineOverloadedError(RuntimeError):
     """The waiting queue is full; the request is rejected as vLLM does."""
-
-
-def prefill_iteration_s(
-    members: list[tuple[float, float, float]],
-) -> float:
-    """Duration of one prefill iteration, seconds.
-
-    ``members`` holds ``(S(L), t0(L), fraction)`` per request in the iteration, with ``fraction``
-    the part of its prompt processed (chunk / prompt length).
-
-    Examples
-    --------
-    >>> prefill_iteration_s([(0.1, 0.15, 1.0)])            # alone: the zero-load latency
-    0.15
-    >>> round(prefill_iteration_s([(0.1, 0.15, 1.0)] * 4), 6)   # batched: saturated work
-    0.4
-    """
-    saturated = sum(s * f for s, _, f in members)
-    alone = max(t0 * f for _, t0, f in members)
-    return max(saturated, alone)
 
 
 @dataclass
