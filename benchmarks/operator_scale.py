@@ -1,7 +1,7 @@
 """Operator scale: reconcile cost and memory with 1, 100 and 1,000 PDDeployments.
 
 Everything is real except the vLLM servers: a kube-apiserver + etcd and a Prometheus (the test
-components), the operator as its own process (``python -m pdscaler.cli_operator operator run``,
+components), the operator as its own process (``python -m pdscaler.cli.controller operator run``,
 8 reconcile threads, 30 s interval), and ten pairs of fake vLLM ``/metrics`` endpoints scraped
 every 5 s whose arrival rates drift (±30 %, 2-minute period) so that the observed workload
 changes between cycles. Each PDDeployment has its own two Deployments, its own Prometheus
@@ -59,7 +59,7 @@ WORKERS = 8
 
 
 def dynamo_profile_text() -> str:
-    from pdscaler.inputs import load_profile
+    from pdscaler.cli.inputs import load_profile
 
     from planner import dump_profile_document
 
@@ -183,7 +183,7 @@ def run_stage(cp: KubeControlPlane, n: int, workdir: Path, measure_cycles: int) 
     env = dict(cp.env(), PYTHONPATH=os.pathsep.join([str(REPO / "operator"), str(REPO)]))
     log = workdir / f"operator-{n}.log"
     proc = start_process(
-        [sys.executable, "-m", "pdscaler.cli_operator", "operator", "run",
+        [sys.executable, "-m", "pdscaler.cli.controller", "operator", "run",
          "--namespace", NAMESPACE, "--standalone", "--interval", str(INTERVAL_S),
          "--workers", str(WORKERS), "--metrics-port", str(metrics_port), "--health-port",
          str(health_port), "--bind-address", "127.0.0.1", "--log-format", "json",

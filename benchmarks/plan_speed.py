@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "operator")]
 
-from pdscaler.inputs import load_profile, load_profiles, load_trace  # noqa: E402
+from pdscaler.cli.inputs import load_profile, load_profiles, load_trace  # noqa: E402
 
 from planner import SLO, Budget, PlanRequest, TTFTBudget, Workload, plan  # noqa: E402
 from planner.paper import paper_request  # noqa: E402

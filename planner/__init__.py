@@ -3,6 +3,7 @@
 Frozen, validated inputs in (:class:`PlanRequest`), a decision with its reason out (:class:`Plan`).
 """
 
+from planner.common import ROLES, Role
 from planner.importers import (
     ProfileFormatError,
     dump_profile_document,
@@ -29,7 +30,9 @@ from planner.optimize import (
     ReplicaBounds,
     RolePlan,
     Rounding,
+    first_decode_step_s,
     plan,
+    predict_at,
 )
 from planner.profile import (
     DecodeCurve,
@@ -44,6 +47,7 @@ from planner.workload import SLO, LengthDistribution, Trace, Workload, parse_tra
 __all__ = [
     "DECODE_MODELS",
     "PREFILL_MODELS",
+    "ROLES",
     "SLO",
     "Budget",
     "DecodeCurve",
@@ -60,12 +64,14 @@ __all__ = [
     "ProfileFormatError",
     "ProfileSet",
     "ReplicaBounds",
+    "Role",
     "RolePlan",
     "Rounding",
     "TTFTBudget",
     "Trace",
     "Workload",
     "dump_profile_document",
+    "first_decode_step_s",
     "import_aiconfigurator_csv",
     "import_dynamo_npz",
     "import_paper_table",
@@ -73,6 +79,7 @@ __all__ = [
     "parse_profile_document",
     "parse_trace_csv",
     "plan",
+    "predict_at",
     "predict_decode",
     "predict_prefill",
 ]

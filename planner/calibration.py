@@ -41,6 +41,7 @@ from typing import Literal
 import yaml
 from pydantic import Field
 
+from planner.common import Role
 from planner.models import (
     DecodeModelName,
     PrefillModelName,
@@ -134,7 +135,7 @@ class LiveObservation(FrozenModel):
 class RoleCalibration:
     """The comparison for one role: prediction at factor 1, observation, fitted factor."""
 
-    role: Literal["prefill", "decode"]
+    role: Role
     config: str
     observed: float
     predicted: float
@@ -266,7 +267,7 @@ def _tag(percentile: float | None) -> str:
 
 
 def _pick(
-    profiles: ProfileSet, role: Literal["prefill", "decode"], name: str | None
+    profiles: ProfileSet, role: Role, name: str | None
 ) -> InstanceProfile:
     options = profiles.select(role, (name,) if name else None)
     if name is None and len(options) > 1:

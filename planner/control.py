@@ -42,6 +42,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from planner.common import replica_bounds_problem
 from planner.profile import FrozenModel
 
 Change = Literal["none", "scale_up", "scale_down"]
@@ -66,10 +67,9 @@ class ControlPolicy(FrozenModel):
 
     @model_validator(mode="after")
     def _bounds_ordered(self) -> ControlPolicy:
-        if self.max_replicas is not None and self.max_replicas < self.min_replicas:
-            raise ValueError(
-                f"maxReplicas={self.max_replicas} is below minReplicas={self.min_replicas}"
-            )
+        problem = replica_bounds_problem(self.min_replicas, self.max_replicas)
+        if problem is not None:
+            raise ValueError(problem)
         return self
 
     @property

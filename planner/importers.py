@@ -27,7 +27,10 @@ import numpy as np
 import yaml
 from pydantic import ValidationError
 
+from planner.common import ROLES, validation_message
 from planner.profile import (
+    PROFILE_API_VERSION,
+    PROFILE_KIND,
     DecodeCurve,
     DecodePoint,
     InstanceProfile,
@@ -55,18 +58,76 @@ def _check_number(field: str, value: Any, *, allow_zero: bool = False) -> float:
     return number
 
 
-def _validation_message(error: ValidationError) -> str:
-    parts = []
-    for item in error.errors():
-        location = ".".join(str(p) for p in item["loc"])
-        value = item.get("input")
-        shown = "" if isinstance(value, (dict, list, tuple)) else f" (value {value!r})"
-        parts.append(f"{location}: {item['msg']}{shown}")
-    return "; ".join(parts)
 
 
-def parse_profile_document(text: str) -> ProfileSet:
-    """Parse our own ``ProfileSet`` document (YAML or JSON text).
+def parse_profile_instances(
+    source: str | Mapping[str, Any], where: str = "profile"
+) -> tuple[ProfileMetadata, tuple[InstanceProfile, ...]]:
+    """Validate a ``ProfileSet`` document (YAML/JSON text or a parsed mapping).
+
+    The one validator of the format, used by the command line and the operator alike. A
+    document may hold instances of one role only (a prefill-only document is valid: the
+    operator can take each role's profile from its own ConfigMap, the command line merges
+    several documents); :func:`parse_profile_document` and
+    :func:`planner.importers.merge_profile_sets` then require both roles of the set used to plan.
+
+    Returns the document's metadata and its instances, in order. Raises
+    :class:`ProfileFormatError` naming ``where``, the field and the value.
+
+    Examples
+    --------
+    >>> doc = {"apiVersion": "pdscaler.io/v1alpha1", "kind": "ProfileSet", "instances": [
+    ...     {"name": "a", "role": "prefill", "gpuType": "h200", "gpusPerInstance": 8,
+    ...      "prefill": {"points": [{"inputTokens": 6144, "maxThroughputTokensPerS": 28309}]}}]}
+    >>> [i.role for i in parse_profile_instances(doc)[1]]
+    ['prefill']
+    >>> parse_profile_instances({"apiVersion": "v1"}, "ConfigMap p")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    planner.importers.ProfileFormatError: ConfigMap p: apiVersion='v1' is not supported; ...
+    """
+    if isinstance(source, str):
+        try:
+            data: Any = yaml.safe_load(source)
+        except yaml.YAMLError as exc:
+            raise ProfileFormatError(f"{where}: not valid YAML/JSON: {exc}") from None
+    else:
+        data = source
+    if not isinstance(data, Mapping):
+        raise ProfileFormatError(
+            f"{where}: a ProfileSet document must be a mapping with apiVersion/kind/instances"
+        )
+    version, kind = data.get("apiVersion"), data.get("kind", PROFILE_KIND)
+    if version != PROFILE_API_VERSION:
+        raise ProfileFormatError(
+            f"{where}: apiVersion={version!r} is not supported; expected {PROFILE_API_VERSION!r}"
+        )
+    if kind != PROFILE_KIND:
+        raise ProfileFormatError(f"{where}: kind={kind!r}; expected {PROFILE_KIND!r}")
+    items = data.get("instances")
+    if not isinstance(items, list) or not items:
+        raise ProfileFormatError(f"{where}: instances must be a non-empty list")
+    instances: list[InstanceProfile] = []
+    seen: set[str] = set()
+    for index, item in enumerate(items):
+        try:
+            instance = InstanceProfile.model_validate(item)
+        except ValidationError as exc:
+            message = validation_message(exc, f"instances[{index}]")
+            raise ProfileFormatError(f"{where}: {message}") from None
+        if instance.key in seen:
+            raise ProfileFormatError(f"{where}: instances: duplicate {instance.key}")
+        seen.add(instance.key)
+        instances.append(instance)
+    try:
+        metadata = ProfileMetadata.model_validate(data.get("metadata") or {})
+    except ValidationError as exc:
+        raise ProfileFormatError(f"{where}: {validation_message(exc, 'metadata')}") from None
+    return metadata, tuple(instances)
+
+
+def parse_profile_document(text: str | Mapping[str, Any], where: str = "profile") -> ProfileSet:
+    """Parse our own ``ProfileSet`` document into a set that has both roles.
 
     Examples
     --------
@@ -83,23 +144,26 @@ def parse_profile_document(text: str) -> ProfileSet:
     >>> parse_profile_document(doc).instances[0].gpus_per_instance
     8
     """
+    metadata, instances = parse_profile_instances(text, where)
+    return complete_profile_set(metadata, instances, where)
+
+
+def complete_profile_set(
+    metadata: ProfileMetadata, instances: Sequence[InstanceProfile], where: str = "profile"
+) -> ProfileSet:
+    """A :class:`ProfileSet` of ``instances``, refused with a clear message if a role is missing."""
+    roles = {i.role for i in instances}
+    for role in ROLES:
+        if role not in roles:
+            other = "prefill" if role == "decode" else "decode"
+            raise ProfileFormatError(
+                f"{where}: no {role} instance profile (the {other} instances alone cannot be "
+                f"planned with; add a profile document with {role} instances)"
+            )
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ProfileFormatError(f"profile is not valid YAML/JSON: {exc}") from None
-    if not isinstance(data, Mapping):
-        raise ProfileFormatError(
-            "profile document must be a mapping with apiVersion/kind/instances"
-        )
-    version = data.get("apiVersion")
-    if version != "pdscaler.io/v1alpha1":
-        raise ProfileFormatError(
-            f"apiVersion={version!r} is not supported; expected 'pdscaler.io/v1alpha1'"
-        )
-    try:
-        return ProfileSet.model_validate(data)
+        return ProfileSet(metadata=metadata, instances=tuple(instances))
     except ValidationError as exc:
-        raise ProfileFormatError(_validation_message(exc)) from None
+        raise ProfileFormatError(f"{where}: {validation_message(exc)}") from None
 
 
 def dump_profile_document(profiles: ProfileSet, fmt: str = "yaml") -> str:
@@ -199,7 +263,7 @@ def import_dynamo_npz(prefill_npz: bytes, decode_npz: bytes, name: str | None = 
             ),
         )
     except ValidationError as exc:
-        raise ProfileFormatError(_validation_message(exc)) from None
+        raise ProfileFormatError(validation_message(exc)) from None
 
 
 _AIC_PREFILL_COLUMNS = ("tp", "isl", "batch", "latency_ms", "tokens_per_s", "oom")
@@ -320,7 +384,7 @@ def import_aiconfigurator_csv(
             instances=tuple(instances),
         )
     except ValidationError as exc:
-        raise ProfileFormatError(_validation_message(exc)) from None
+        raise ProfileFormatError(validation_message(exc)) from None
 
 
 def import_paper_table(
@@ -393,13 +457,10 @@ def import_paper_table(
             ),
         )
     except ValidationError as exc:
-        raise ProfileFormatError(_validation_message(exc)) from None
+        raise ProfileFormatError(validation_message(exc)) from None
 
 
 def merge_profile_sets(*sets: ProfileSet) -> ProfileSet:
     """Combine profile sets (e.g. one per GPU type) into one; instance keys must stay unique."""
     instances = tuple(i for s in sets for i in s.instances)
-    try:
-        return ProfileSet(metadata=sets[0].metadata, instances=instances)
-    except ValidationError as exc:
-        raise ProfileFormatError(_validation_message(exc)) from None
+    return complete_profile_set(sets[0].metadata, instances)

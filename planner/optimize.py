@@ -21,6 +21,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
+from planner.common import Role, replica_bounds_problem
 from planner.models import (
     DecodeModelName,
     DecodePrediction,
@@ -37,7 +38,6 @@ from planner.models import (
 from planner.profile import FrozenModel, InstanceProfile, ProfileSet
 from planner.workload import SLO, Workload
 
-Role = Literal["prefill", "decode"]
 MAX_SEARCH_REPLICAS = 100_000
 
 
@@ -81,10 +81,9 @@ class ReplicaBounds(FrozenModel):
 
     @model_validator(mode="after")
     def _ordered(self) -> ReplicaBounds:
-        if self.max_replicas is not None and self.max_replicas < self.min_replicas:
-            raise ValueError(
-                f"maxReplicas={self.max_replicas} is below minReplicas={self.min_replicas}"
-            )
+        problem = replica_bounds_problem(self.min_replicas, self.max_replicas)
+        if problem is not None:
+            raise ValueError(problem)
         return self
 
 
@@ -512,11 +511,7 @@ def plan(request: PlanRequest) -> Plan:
     for d_inst, d_plan in zip(decode_options, decode_plans, strict=True):
         d_pred = d_plan.predicted
         step_s = (
-            d_pred.tpot_mean_ms / 1000.0
-            if request.ttft_budget.include_first_decode_step
-            and isinstance(d_pred, DecodePrediction)
-            and math.isfinite(d_pred.tpot_mean_ms)
-            else 0.0
+            first_decode_step_s(request, d_pred) if isinstance(d_pred, DecodePrediction) else 0.0
         )
         for p_inst in prefill_options:
             key = (p_inst.name, round(step_s, 9))
@@ -606,3 +601,56 @@ def plan(request: PlanRequest) -> Plan:
         alternatives=alternatives,
         warnings=tuple(warnings),
     )
+
+
+def first_decode_step_s(request: PlanRequest, decode: DecodePrediction) -> float:
+    """The first decode step's share of TTFT, seconds: the one home of that coupling.
+
+    A request's first token is produced by the decode instance's first step after the KV
+    transfer, so with ``ttft_budget.include_first_decode_step`` the TTFT budget holds one mean
+    decode step (the decode prediction's mean TPOT); otherwise, or when decode is overloaded
+    (infinite TPOT), nothing.
+
+    Examples
+    --------
+    >>> from planner.paper import paper_profiles
+    >>> d = DecodePrediction(replicas=4, tpot_ms=18.0, tpot_mean_ms=16.4, batch_mean=20.0,
+    ...                      batch_at_percentile=20.0, kv_usage_fraction=0.1, limit=None)
+    >>> req = PlanRequest(workload=Workload.from_tokens_per_min(5e6, 6144, 512),
+    ...                   slo=SLO(ttft_s=2.0, tpot_ms=20.0), profiles=paper_profiles(),
+    ...                   ttft_budget=TTFTBudget(include_first_decode_step=True))
+    >>> round(first_decode_step_s(req, d), 6)
+    0.0164
+    >>> off = req.model_copy(update={"ttft_budget": TTFTBudget(include_first_decode_step=False)})
+    >>> first_decode_step_s(off, d)
+    0.0
+    """
+    if request.ttft_budget.include_first_decode_step and math.isfinite(decode.tpot_mean_ms):
+        return decode.tpot_mean_ms / 1000.0
+    return 0.0
+
+
+def predict_at(
+    request: PlanRequest, prefill_replicas: int, decode_replicas: int,
+    prefill_config: str | None = None, decode_config: str | None = None,
+) -> tuple[PrefillPrediction, DecodePrediction]:
+    """Predicted prefill and decode latencies of ``request``'s workload at the given counts.
+
+    The configurations default to the first of ``request.prefill_configs`` /
+    ``decode_configs`` (all of the role's profile when none is named). Decode is predicted
+    first: its mean step enters TTFT through :func:`first_decode_step_s`.
+    """
+    p_inst = request.profiles.select("prefill", request.prefill_configs)
+    d_inst = request.profiles.select("decode", request.decode_configs)
+    prefill = next((i for i in p_inst if i.name == prefill_config), p_inst[0])
+    decode = next((i for i in d_inst if i.name == decode_config), d_inst[0])
+    d_pred = predict_decode(
+        request.models.decode, decode, decode_replicas, request.workload, request.slo,
+        request.router, request.kv_usage_limit,
+    )
+    p_pred = predict_prefill(
+        request.models.prefill, prefill, prefill_replicas, request.workload, request.slo,
+        request.ttft_budget, first_decode_step_s(request, d_pred),
+    )
+    return p_pred, d_pred
+

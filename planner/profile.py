@@ -41,6 +41,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from planner.common import ROLES, Role
 from planner.fitting import (
     FloatArray,
     PolynomialTimeFit,
@@ -370,7 +371,7 @@ class InstanceProfile(FrozenModel):
     name: str = Field(
         min_length=1, description="Configuration name, unique per role (e.g. h200-tp2)."
     )
-    role: Literal["prefill", "decode"]
+    role: Role
     gpu_type: str = Field(min_length=1, description="GPU type, matched against GPU prices.")
     gpus_per_instance: PositiveInt
     parallelism: Parallelism = Parallelism()
@@ -418,16 +419,16 @@ class ProfileSet(FrozenModel):
                 raise ValueError(f"instances: duplicate {instance.key}")
             seen.add(instance.key)
         roles = {i.role for i in self.instances}
-        for role in ("prefill", "decode"):
+        for role in ROLES:
             if role not in roles:
                 raise ValueError(f"instances: no {role} instance profile")
         return self
 
-    def for_role(self, role: Literal["prefill", "decode"]) -> tuple[InstanceProfile, ...]:
+    def for_role(self, role: Role) -> tuple[InstanceProfile, ...]:
         return tuple(i for i in self.instances if i.role == role)
 
     def select(
-        self, role: Literal["prefill", "decode"], names: tuple[str, ...] | None
+        self, role: Role, names: tuple[str, ...] | None
     ) -> tuple[InstanceProfile, ...]:
         """The role's instances, restricted to ``names`` when given (unknown names refused)."""
         options = self.for_role(role)

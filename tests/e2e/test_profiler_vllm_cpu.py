@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
-from pdscaler.cli_profile import add_profile_parser
+from pdscaler.cli.profile import add_profile_parser
 
 from planner import Workload, parse_profile_document, predict_decode
 from planner.workload import SLO

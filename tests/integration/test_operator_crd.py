@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 import yaml
-from pdscaler.api import parse_spec
-from pdscaler.settings import load_settings
+from pdscaler.controller.api import parse_spec
+from pdscaler.controller.settings import load_settings
 
 from tests.components.kube import KubeControlPlane
 from tests.components.util import ComponentError, cache_dir

@@ -147,7 +147,7 @@ def test_a_spec_the_schema_cannot_check_is_refused_without_action(
 
 def _run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "pdscaler.cli_operator", "operator", "run", *args],
+        [sys.executable, "-m", "pdscaler.cli.controller", "operator", "run", *args],
         env={**env, "PYTHONPATH": os.pathsep.join([str(REPO / "operator"), str(REPO)])},
         capture_output=True, text=True, timeout=60, check=False, cwd=REPO,
     )

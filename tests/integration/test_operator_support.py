@@ -3,7 +3,7 @@
 * :class:`FakeVllm` — a tiny HTTP server exposing vLLM's ``/metrics`` families with values the
   test controls (arrival rate, lengths, latencies, queue, KV usage; new or old series names);
   Prometheus scrapes it through the fixture's file_sd targets.
-* :class:`OperatorProcess` — the operator as a subprocess (``python -m pdscaler.cli_operator``)
+* :class:`OperatorProcess` — the operator as a subprocess (``python -m pdscaler.cli.controller``)
   against the test cluster's kubeconfig.
 * helpers to install the CRDs, create Deployments with a given status, create PDDeployments
   and wait for conditions.
@@ -416,7 +416,7 @@ class OperatorProcess:
         env = dict(self.cluster.env(), PYTHONPATH=os.pathsep.join([str(REPO / "operator"),
                                                                   str(REPO)]))
         env.update(self.env_extra)
-        argv = [sys.executable, "-m", "pdscaler.cli_operator", "operator", "run",
+        argv = [sys.executable, "-m", "pdscaler.cli.controller", "operator", "run",
                 "--metrics-port", str(self.metrics_port), "--health-port", str(self.health_port),
                 "--bind-address", "127.0.0.1", "--log-format", "json", *self.args]
         self.proc = start_process(argv, log_path=self.log_path, env=env, cwd=REPO)

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from pdscaler.cli_profile import add_calibrate_parser, add_profile_parser
+from pdscaler.cli.profile import add_calibrate_parser, add_profile_parser
 from pdscaler.profiler.client import CompletionClient
 from pdscaler.profiler.measure import poisson_offsets
 

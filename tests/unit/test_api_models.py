@@ -13,14 +13,14 @@ from typing import Any
 
 import pytest
 import yaml
-from pdscaler.api import (
+from pdscaler.controller.api import (
     PDDeploymentSpec,
     PDDeploymentStatus,
     SpecError,
     parse_spec,
     parse_status,
 )
-from pdscaler.settings import SettingsError, load_settings
+from pdscaler.controller.settings import SettingsError, load_settings
 
 from planner import ModelChoice
 

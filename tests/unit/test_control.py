@@ -162,7 +162,7 @@ def test_within_tolerance() -> None:
 
 policies = st.builds(
     lambda lo, span, up, down, step_up, step_down, tol: ControlPolicy(
-        min_replicas=lo, max_replicas=lo + span, scale_up_stabilization_s=up,
+        min_replicas=lo, max_replicas=max(lo + span, 1), scale_up_stabilization_s=up,
         scale_down_stabilization_s=down, max_step_up=step_up, max_step_down=step_down,
         tolerance=tol,
     ),

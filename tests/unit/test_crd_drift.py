@@ -1,6 +1,7 @@
 """deploy/crd.yaml (and its copies) are exactly what the pydantic models generate.
 
-Fails when a model changed and ``python -m pdscaler.crd > deploy/crd.yaml`` was not re-run, or
+Fails when a model changed and ``python -m pdscaler.controller.crd > deploy/crd.yaml`` was not
+re-run, or
 when a generated schema is not a valid structural schema with every field documented.
 """
 
@@ -12,8 +13,8 @@ from typing import Any
 
 import pytest
 import yaml
-from pdscaler import api
-from pdscaler.crd import (
+from pdscaler.controller import api
+from pdscaler.controller.crd import (
     PRINTER_COLUMNS,
     pddeployment_crd,
     render_crd,
@@ -23,7 +24,10 @@ from pdscaler.crd import (
 from pydantic import BaseModel
 
 REPO = Path(__file__).resolve().parents[2]
-REGENERATE = "run `python -m pdscaler.crd > deploy/crd.yaml` (and --peering > deploy/peering.yaml)"
+REGENERATE = (
+    "run `python -m pdscaler.controller.crd > deploy/crd.yaml` "
+    "(and --peering > deploy/peering.yaml)"
+)
 
 
 def test_committed_crd_matches_the_models() -> None:
@@ -42,7 +46,7 @@ def test_helm_chart_carries_the_same_crds() -> None:
         "charts/pdscaler/crds is stale: copy deploy/crd.yaml there"
     )
     assert (crds / "kopf-peering.yaml").read_text() == render_peering_crds(), (
-        "charts/pdscaler/crds is stale: python -m pdscaler.crd --peering-crds > "
+        "charts/pdscaler/crds is stale: python -m pdscaler.controller.crd --peering-crds > "
         "charts/pdscaler/crds/kopf-peering.yaml"
     )
 

@@ -10,12 +10,11 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pdscaler.metrics_reader import (
+from pdscaler.controller.adapters.prometheus import MetricsError
+from pdscaler.vllm_metrics import (
     CATALOGUE,
     ROLE_QUANTITIES,
     MetricNameCache,
-    MetricsError,
-    Role,
     RoleQuery,
     build_observation,
     choose_names,
@@ -27,6 +26,8 @@ from pdscaler.metrics_reader import (
     role_expressions,
     selector,
 )
+
+from planner.common import Role
 
 REAL_METRICS = (
     Path(__file__).resolve().parents[3]

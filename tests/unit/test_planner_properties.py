@@ -164,7 +164,7 @@ def test_bounds_and_budget_respected(
     max_extra: int,
     max_gpus: int,
 ) -> None:
-    bounds = ReplicaBounds(min_replicas=min_p, max_replicas=min_p + max_extra)
+    bounds = ReplicaBounds(min_replicas=min_p, max_replicas=max(min_p + max_extra, 1))
     result = plan(
         _request(
             index,
@@ -232,7 +232,7 @@ def test_burstier_arrivals_never_fewer_prefill_replicas(
 
 
 def test_trace_dispersion_reaches_the_plan() -> None:
-    from pdscaler.inputs import load_trace
+    from pdscaler.cli.inputs import load_trace
 
     from tests.shared import CODE_TRACE, need
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from pdscaler.cli_profile import add_calibrate_parser, add_profile_parser, settings_from_args
-from pdscaler.metrics_reader import Observation, RoleMetrics
+from pdscaler.cli.profile import add_calibrate_parser, add_profile_parser, settings_from_args
 from pdscaler.profiler.live import ObservationRequest, to_live_observation
+from pdscaler.vllm_metrics import Observation, RoleMetrics
 
 from planner import dump_profile_document, import_paper_table, parse_profile_document
 from planner.calibration import parse_correction_factors

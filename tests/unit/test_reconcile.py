@@ -8,10 +8,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
-from pdscaler.adapters.kube import ConflictError, NotFoundError, TargetRef, TargetState
-from pdscaler.metrics_reader import CATALOGUE, MetricsError, choose_names
-from pdscaler.reconcile import Runtime, reconcile
-from pdscaler.settings import OperatorSettings
+from pdscaler.controller.adapters.kube import ConflictError, NotFoundError, TargetRef, TargetState
+from pdscaler.controller.adapters.prometheus import MetricsError
+from pdscaler.controller.settings import OperatorSettings
+from pdscaler.controller.shell import Runtime, reconcile
+from pdscaler.vllm_metrics import CATALOGUE, choose_names
 
 PAPER_PROFILE = {
     "apiVersion": "pdscaler.io/v1alpha1", "kind": "ProfileSet",
@@ -448,7 +449,7 @@ class _Server:
 
 def _kube(url: str) -> Any:
     from kubernetes.client import ApiClient, Configuration
-    from pdscaler.adapters.kube import KubeClient
+    from pdscaler.controller.adapters.kube import KubeClient
 
     configuration = Configuration(host=url)
     configuration.retries = False
@@ -478,7 +479,7 @@ def test_kube_adapter_maps_statuses(status: int, error: str) -> None:
 
 
 def test_kube_adapter_unreachable_is_unavailable() -> None:
-    from pdscaler.adapters.kube import KubeUnavailableError
+    from pdscaler.controller.adapters.kube import KubeUnavailableError
 
     from tests.components.util import free_port
 
@@ -487,7 +488,7 @@ def test_kube_adapter_unreachable_is_unavailable() -> None:
 
 
 def test_prometheus_adapter_errors_are_metrics_errors() -> None:
-    from pdscaler.adapters.prometheus import PrometheusClient
+    from pdscaler.controller.adapters.prometheus import PrometheusClient
 
     from tests.components.util import free_port
 

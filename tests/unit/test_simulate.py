@@ -330,7 +330,7 @@ def test_poisson_lengths_follow_the_distribution() -> None:
 
 
 def _run_cli(argv: list[str]) -> int:
-    from pdscaler.cli_simulate import add_simulate_parser
+    from pdscaler.cli.simulate import add_simulate_parser
 
     parser = argparse.ArgumentParser(prog="pdscaler")
     add_simulate_parser(parser.add_subparsers(dest="command"))

@@ -1,7 +1,7 @@
 """Live observations for calibration: the operator's metrics reader, turned into the planner's
 typed :class:`~planner.calibration.LiveObservation`.
 
-The metrics reader (:mod:`pdscaler.metrics_reader`) reads, per role, over a window: the request
+The metrics reader (:mod:`pdscaler.vllm_metrics`) reads, per role, over a window: the request
 rate, prompt and output lengths, TTFT and inter-token latency (mean or a percentile), and the
 running and instance counts (``vllm:num_requests_running``). The prefill part of the
 observation takes the prefill role's series (its TTFT is queueing plus prefill compute), the
@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from pdscaler.metrics_reader import MetricNameCache, Observation, read_observation
+from pdscaler.vllm_metrics import MetricNameCache, Observation, read_observation
 from planner.calibration import DecodeObservation, LiveObservation, PrefillObservation
 
 QueryFn = Callable[[str], Sequence[tuple[Mapping[str, str], float]]]

@@ -35,6 +35,8 @@ from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from planner.common import validation_problems
+
 ENV_PREFIX = "PDSCALER_"
 K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 
@@ -173,11 +175,9 @@ def load_settings(
         return OperatorSettings.model_validate(values)
     except ValidationError as exc:
         lines = []
-        for item in exc.errors():
-            field = ".".join(str(p) for p in item["loc"]) or "settings"
-            top = str(item["loc"][0]) if item["loc"] else ""
-            where = sources.get(top, "")
-            message = str(item["msg"]).removeprefix("Value error, ")
+        for location, message, _ in validation_problems(exc):
+            field = location or "settings"
+            where = sources.get(location.split(".")[0], "")
             lines.append(f"{field} ({where}): {message}" if where else f"{field}: {message}")
         raise SettingsError("\n".join(lines)) from None
 

@@ -2,7 +2,7 @@
 
 Transient failures (connection errors, timeouts, 408/429/5xx answers) are retried with
 exponential backoff by the HTTP session; whatever still fails is raised as
-:class:`~pdscaler.metrics_reader.MetricsError`, never as a library-specific exception.
+:class:`MetricsError`, never as a library-specific exception.
 """
 
 from __future__ import annotations
@@ -17,9 +17,11 @@ from prometheus_api_client.exceptions import PrometheusApiClientException
 from prometheus_api_client.prometheus_connect import PrometheusConnect
 from urllib3.util.retry import Retry
 
-from pdscaler.metrics_reader import MetricsError
-
 RETRY_STATUSES = (408, 429, 500, 502, 503, 504)
+
+
+class MetricsError(RuntimeError):
+    """Prometheus could not be queried (unreachable, timeout, bad answer)."""
 
 
 class PrometheusClient:
@@ -121,4 +123,4 @@ class PrometheusPool:
             self._clients.clear()
 
 
-__all__ = ["PrometheusClient", "PrometheusPool", "parse_vector"]
+__all__ = ["MetricsError", "PrometheusClient", "PrometheusPool", "parse_vector"]

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pdscaler.cli_args import NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, parse_percentile
-from pdscaler.inputs import load_profiles
+from pdscaler.cli.args import NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, parse_percentile
+from pdscaler.cli.inputs import load_profiles
 from pdscaler.profiler.client import EndpointError
 from pdscaler.profiler.settings import (
     DEFAULT_BATCH_SIZES,
@@ -359,8 +359,7 @@ def run_calibrate_command(args: argparse.Namespace) -> int:
     if args.observation is not None:
         observation = _load_observation(args.observation)
     else:
-        from pdscaler.adapters.prometheus import PrometheusClient
-        from pdscaler.metrics_reader import MetricsError
+        from pdscaler.controller.adapters.prometheus import MetricsError, PrometheusClient
         from pdscaler.profiler.live import ObservationRequest, observe_prometheus
 
         request = ObservationRequest(

@@ -1,7 +1,7 @@
 """``pdscaler operator run`` (the Kubernetes operator) and ``pdscaler crd`` (print the CRD).
 
 Registered in the main CLI by :func:`add_operator_parser`; also runnable on its own as
-``python -m pdscaler.cli_operator operator run ...``.
+``python -m pdscaler.cli.controller operator run ...``.
 
 Exit codes: 0 stopped cleanly (SIGTERM/SIGINT), 2 invalid settings or no cluster access.
 """
@@ -81,7 +81,7 @@ _SETTING_FLAGS = (
 def run_operator(args: argparse.Namespace) -> int:
     """Dispatch ``crd`` and ``operator run``; returns the process exit code."""
     if getattr(args, "operator_command", None) == "crd":
-        from pdscaler.crd import render_crd, render_peering
+        from pdscaler.controller.crd import render_crd, render_peering
 
         sys.stdout.write(render_peering() if args.peering else render_crd())
         return 0
@@ -120,7 +120,7 @@ def default_priority() -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from pdscaler.settings import SettingsError, load_settings
+    from pdscaler.controller.settings import SettingsError, load_settings
 
     overrides: dict[str, Any] = {name: getattr(args, name, None) for name in _SETTING_FLAGS}
     if overrides["namespaces"]:
@@ -138,12 +138,12 @@ def _run(args: argparse.Namespace) -> int:
 
     import kopf
 
-    from pdscaler import handlers
-    from pdscaler.adapters.kube import KubeClient, KubeError, load_api_client
-    from pdscaler.adapters.prometheus import PrometheusPool
-    from pdscaler.metrics_reader import MetricNameCache
-    from pdscaler.observability import configure_logging, serve_metrics
-    from pdscaler.reconcile import Runtime
+    from pdscaler.controller import handlers
+    from pdscaler.controller.adapters.kube import KubeClient, KubeError, load_api_client
+    from pdscaler.controller.adapters.prometheus import PrometheusPool
+    from pdscaler.controller.observability import configure_logging, serve_metrics
+    from pdscaler.controller.shell import Runtime
+    from pdscaler.vllm_metrics import MetricNameCache
 
     configure_logging(settings.log_format, settings.log_level)
     try:

@@ -29,10 +29,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from planner import LengthDistribution, Workload
+from planner.common import ROLES, Role
 
 QueryFn = Callable[[str], Sequence[tuple[Mapping[str, str], float]]]
-Role = Literal["prefill", "decode"]
-ROLES: tuple[Role, Role] = ("prefill", "decode")
 TAG = "pdscaler_q"
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
@@ -85,10 +84,6 @@ REQUIRED: dict[Role, tuple[str, ...]] = {
     "prefill": ("requests", "prompt_tokens", "running"),
     "decode": ("generation_tokens", "running"),
 }
-
-
-class MetricsError(RuntimeError):
-    """Prometheus could not be queried (unreachable, timeout, bad answer)."""
 
 
 def escape_label_value(value: str) -> str:
@@ -504,7 +499,7 @@ def read_observation(
     """Discover the series names (cached), run the combined query, build the observation.
 
     ``query`` runs one PromQL instant query and returns ``(labels, value)`` pairs; it raises
-    :class:`MetricsError` when Prometheus cannot answer.
+    its own error when Prometheus cannot answer (the caller maps it).
     """
     queries: list[RoleQuery] = []
     for role in ROLES:
@@ -541,7 +536,6 @@ def read_observation(
 __all__ = [
     "CATALOGUE",
     "MetricNameCache",
-    "MetricsError",
     "Observation",
     "RoleMetrics",
     "RoleQuery",

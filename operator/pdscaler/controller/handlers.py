@@ -1,4 +1,4 @@
-"""kopf handlers (thin): one daemon per PDDeployment runs :func:`pdscaler.reconcile.reconcile`.
+"""kopf handlers (thin): a daemon per PDDeployment runs :func:`.shell.reconcile`.
 
 * The **daemon** reconciles shortly after it starts (:data:`START_DELAY_S`), then every
   ``spec.behavior.intervalS`` (operator default otherwise; start to start, see
@@ -27,12 +27,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
+from pdscaler.controller import observability as obs
+from pdscaler.controller.api import GROUP, PLURAL, VERSION
+from pdscaler.controller.shell import ReconcileResult, Runtime, forget, reconcile
 
-from pdscaler import observability as obs
-from pdscaler.api import GROUP, PLURAL, VERSION
-from pdscaler.reconcile import ReconcileResult, Runtime, forget, reconcile
-
-log = logging.getLogger("pdscaler.handlers")
+log = logging.getLogger("pdscaler.controller.handlers")
 registry = kopf.OperatorRegistry()
 MEMO_KEY = "pdscaler"
 FINALIZER = f"{GROUP}/finalizer"

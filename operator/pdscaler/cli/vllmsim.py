@@ -9,7 +9,7 @@ import signal
 import sys
 from typing import Any
 
-from pdscaler.inputs import load_profiles
+from pdscaler.cli.inputs import load_profiles
 from pdscaler.vllmsim.engine import DEFAULT_MAX_NUM_SEQS, DEFAULT_TOKEN_BUDGET, EngineConfig
 from pdscaler.vllmsim.server import serve
 

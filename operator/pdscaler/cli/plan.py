@@ -8,13 +8,13 @@ import math
 import sys
 from typing import Any
 
-from pdscaler.cli_args import (
+from pdscaler.cli.args import (
     NON_NEGATIVE_FLOAT,
     POSITIVE_FLOAT,
     POSITIVE_INT,
     parse_percentile,
 )
-from pdscaler.inputs import load_profiles, load_trace
+from pdscaler.cli.inputs import load_profiles, load_trace
 from planner import (
     DECODE_MODELS,
     PREFILL_MODELS,
@@ -373,7 +373,7 @@ def run_plan(args: argparse.Namespace) -> int:
                 )
             )
     if args.plot:
-        from pdscaler.plots import plot_capacity
+        from pdscaler.cli.plots import plot_capacity
 
         plot_capacity(request, result, args.plot)
         print(f"wrote {args.plot}", file=sys.stderr)

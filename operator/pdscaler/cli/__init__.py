@@ -9,11 +9,11 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 
 from pdscaler import __version__
-from pdscaler.cli_operator import add_operator_parser
-from pdscaler.cli_plan import add_plan_parser
-from pdscaler.cli_profile import add_calibrate_parser, add_profile_parser
-from pdscaler.cli_simulate import add_simulate_parser
-from pdscaler.cli_vllmsim import add_vllm_sim_parser
+from pdscaler.cli.controller import add_operator_parser
+from pdscaler.cli.plan import add_plan_parser
+from pdscaler.cli.profile import add_calibrate_parser, add_profile_parser
+from pdscaler.cli.simulate import add_simulate_parser
+from pdscaler.cli.vllmsim import add_vllm_sim_parser
 from planner import ProfileFormatError
 
 EXIT_BAD_INPUT = 2

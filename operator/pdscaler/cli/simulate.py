@@ -19,13 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from pdscaler.cli_args import (
+from pdscaler.cli.args import (
     NON_NEGATIVE_FLOAT,
     POSITIVE_FLOAT,
     POSITIVE_INT,
     parse_percentile,
 )
-from pdscaler.inputs import load_profiles, load_trace
+from pdscaler.cli.inputs import load_profiles, load_trace
 from planner import SLO, LengthDistribution, PlanRequest, TTFTBudget, Workload, plan
 from planner.paper import INPUT_TOKENS, OUTPUT_TOKENS, TOTAL_TOKENS_PER_MIN, TPOT_MS, TTFT_S
 from planner.profile import InstanceProfile, ProfileSet

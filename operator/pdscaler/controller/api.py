@@ -1,9 +1,9 @@
 """The PDDeployment API (``pdscaler.io/v1alpha1``): pydantic models, the single source of truth.
 
 The CRD's OpenAPI schema (``deploy/crd.yaml``) is generated from these models by
-:mod:`pdscaler.crd`: field descriptions become the schema descriptions that ``kubectl explain``
-shows, field constraints become schema constraints, and each model's :attr:`CrdModel.cel_rules`
-become ``x-kubernetes-validations`` rules that the API server enforces. The same rules are checked
+:mod:`pdscaler.controller.crd`: field descriptions become the schema descriptions that
+``kubectl explain`` shows, field constraints become schema constraints, and each model's
+:attr:`CrdModel.cel_rules` become ``x-kubernetes-validations`` rules that the API server enforces. The same rules are checked
 in Python when the operator parses an object, so an object that slipped past an older CRD is still
 refused (``SpecValid=False``) before anything is done with it.
 
@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.alias_generators import to_camel
 
 from planner import ModelChoice
+from planner.common import ROLES, Role, replica_bounds_problem, validation_message
 from planner.models import DecodeModelName, PrefillModelName
 
 GROUP = "pdscaler.io"
@@ -34,8 +35,6 @@ SHORT_NAMES = ("pdd",)
 LIST_KIND = "PDDeploymentList"
 
 Mode = Literal["DryRun", "Auto"]
-Role = Literal["prefill", "decode"]
-ROLES: tuple[Role, Role] = ("prefill", "decode")
 
 PROM_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 K8S_NAME = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
@@ -249,7 +248,9 @@ class RoleSpec(CrdModel):
         ge=1, le=1024, description="GPUs one replica uses (all its pods together)."
     )
     min_replicas: int = Field(default=1, ge=0, le=10_000, description="Fewest replicas.")
-    max_replicas: int = Field(ge=0, le=10_000, description="Most replicas.")
+    max_replicas: int = Field(
+        ge=1, le=10_000, description="Most replicas (at least 1: a role cannot be switched off)."
+    )
     profile: ProfileSource | None = Field(
         default=None, description="This role's performance profile; defaults to spec.profile."
     )
@@ -275,7 +276,7 @@ class RoleSpec(CrdModel):
         Rule(
             "self.minReplicas <= self.maxReplicas",
             "minReplicas must not be greater than maxReplicas",
-            lambda s: s.min_replicas <= s.max_replicas,
+            lambda s: replica_bounds_problem(s.min_replicas, s.max_replicas) is None,
         ),
     )
 
@@ -733,18 +734,6 @@ class SpecError(ValueError):
     """A PDDeployment spec is invalid; the message names each field and problem."""
 
 
-def validation_message(error: ValidationError) -> str:
-    """One line per problem: ``spec.prefill.maxReplicas: Input should be ... (value -1)``."""
-    parts = []
-    for item in error.errors():
-        location = ".".join(str(p) for p in item["loc"])
-        value = item.get("input")
-        shown = "" if isinstance(value, (dict, list, tuple)) else f" (value {value!r})"
-        message = str(item["msg"]).removeprefix("Value error, ")
-        parts.append(f"spec.{location}: {message}{shown}" if location else f"spec: {message}")
-    return "; ".join(parts)
-
-
 def parse_spec(spec: Any) -> PDDeploymentSpec:
     """Validate a spec as read from the API server; raise :class:`SpecError` when invalid.
 
@@ -753,12 +742,12 @@ def parse_spec(spec: Any) -> PDDeploymentSpec:
     >>> parse_spec({"slo": {"ttftS": 1, "tpotMs": 20}})  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    pdscaler.api.SpecError: spec.prefill: Field required; spec.decode: Field required
+    pdscaler.controller.api.SpecError: spec.prefill: Field required; spec.decode: Field required
     """
     try:
         return PDDeploymentSpec.model_validate(spec if spec is not None else {})
     except ValidationError as exc:
-        raise SpecError(validation_message(exc)) from None
+        raise SpecError(validation_message(exc, "spec")) from None
 
 
 def parse_status(status: Any) -> PDDeploymentStatus:

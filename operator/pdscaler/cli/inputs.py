@@ -6,19 +6,29 @@ The planner takes file *contents*; this module does the file I/O and picks the i
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from planner import (
+    InstanceProfile,
     ProfileFormatError,
     ProfileSet,
     Trace,
     import_aiconfigurator_csv,
     import_dynamo_npz,
-    merge_profile_sets,
-    parse_profile_document,
     parse_trace_csv,
 )
+from planner.importers import complete_profile_set, parse_profile_instances
 from planner.paper import paper_profiles
+from planner.profile import ProfileMetadata
+
+
+@dataclass(frozen=True)
+class PartialProfiles:
+    """The instances of one ProfileSet document, which may hold one role only."""
+
+    metadata: ProfileMetadata
+    instances: tuple[InstanceProfile, ...]
 
 _GPU_IN_NAME = re.compile(
     r"(?:^|_)(h100|h200|h20|b200|gb200|a100|l40s|l4|a10g|mi300x)(?:_|$)", re.I
@@ -26,6 +36,14 @@ _GPU_IN_NAME = re.compile(
 
 
 def load_profile(spec: str, gpu_type: str | None = None) -> ProfileSet:
+    """One profile source as a set with both roles (see :func:`load_profiles`)."""
+    source = _load_source(spec, gpu_type)
+    if isinstance(source, ProfileSet):
+        return source
+    return complete_profile_set(source.metadata, source.instances, f"profile {spec}")
+
+
+def _load_source(spec: str, gpu_type: str | None = None) -> ProfileSet | PartialProfiles:
     """Load one profile source.
 
     ``spec`` is ``paper`` (the embedded paper tables), a YAML/JSON file in our format, a folder
@@ -39,10 +57,8 @@ def load_profile(spec: str, gpu_type: str | None = None) -> ProfileSet:
     if not path.exists():
         raise ProfileFormatError(f"profile {spec!r}: no such file or folder")
     if path.is_file():
-        try:
-            return parse_profile_document(path.read_text())
-        except ProfileFormatError as exc:
-            raise ProfileFormatError(f"profile {spec}: {exc}") from None
+        metadata, instances = parse_profile_instances(path.read_text(), f"profile {spec}")
+        return PartialProfiles(metadata, instances)
     if (path / "prefill.npz").exists() and (path / "decode.npz").exists():
         try:
             return import_dynamo_npz(
@@ -74,9 +90,17 @@ def load_profile(spec: str, gpu_type: str | None = None) -> ProfileSet:
 
 
 def load_profiles(specs: list[str], gpu_type: str | None = None) -> ProfileSet:
-    """Load and merge several profile sources (e.g. one per GPU type)."""
-    sets = [load_profile(spec, gpu_type) for spec in specs]
-    return sets[0] if len(sets) == 1 else merge_profile_sets(*sets)
+    """Load and merge several profile sources (e.g. one per GPU type, or one per role).
+
+    A ProfileSet file may hold one role only (as in the operator); the merged set must hold
+    both roles (:func:`planner.importers.complete_profile_set` says which one is missing).
+    """
+    loaded = [_load_source(spec, gpu_type) for spec in specs]
+    if len(loaded) == 1 and isinstance(loaded[0], ProfileSet):
+        return loaded[0]
+    instances = tuple(i for source in loaded for i in source.instances)
+    where = "profile " + " + ".join(specs)
+    return complete_profile_set(loaded[0].metadata, instances, where)
 
 
 def load_trace(path: str) -> Trace:

@@ -1,0 +1,522 @@
+"""The operator's decisions: one pure function, :func:`tick`, per reconcile of a PDDeployment.
+
+This is where the operator decides, and the only place: what the spec means, when it holds
+replicas, what it plans, what it recommends and what it writes. The shell
+(:mod:`pdscaler.controller.shell`) reads everything first, calls :func:`tick`, applies the
+commands and calls :func:`settle` with what the writes returned. The closed-loop replay calls
+the same two functions.
+
+When the operator holds (no scale written, replicas kept)
+---------------------------------------------------------
+* the spec is invalid, the profile is missing or invalid, or the planner refuses the inputs:
+  ``SpecValid=False``, nothing else is decided (the previous recommendation stays in status);
+* a scale target is missing: ``TargetsFound=False``;
+* the workload cannot be trusted: no Prometheus URL, Prometheus unreachable, a required vLLM
+  series missing, stale or NaN (``MetricsAvailable=False``, naming each series): the planned
+  count is unknown, so the control rules (:func:`planner.control.decide`) keep the current count;
+* the control rules hold a change back: pods not ready yet (no further scale-up), the
+  stabilization windows, the tolerance, the step limits, the node pool's free GPUs.
+
+Everything else: the plan's count per role, through the control rules, becomes the
+recommendation; ``DryRun`` records it, ``Auto`` emits a :class:`ScaleCommand` per role whose
+count changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+
+from pdscaler.controller.api import (
+    ObservedWorkload,
+    PDDeploymentSpec,
+    PDDeploymentStatus,
+    RecommendationSample,
+    ScaleEvent,
+    SpecError,
+)
+from pdscaler.controller.core.planning import (
+    cached_plan,
+    plan_request,
+    predictions,
+    quantize,
+    static_workload,
+)
+from pdscaler.controller.core.profiles import ChosenProfiles, ProfileError, choose_profiles
+from pdscaler.controller.core.status import became, iso, parse_iso, sig, with_condition
+from pdscaler.controller.core.types import (
+    EventRecord,
+    GaugeSample,
+    Outcome,
+    ScaleCommand,
+    Settled,
+    TargetState,
+    TickInput,
+    TickOutcome,
+)
+from pdscaler.vllm_metrics import Observation
+
+from planner import Plan, PlanRequest, Workload
+from planner.common import ROLES, Role
+from planner.control import ControlPolicy, Decision, RoleInput, Sample, decide
+
+RECOMMENDATION_HISTORY = 20
+"""Recommendation samples kept per role (enough for the stabilization windows)."""
+
+
+@dataclass(frozen=True)
+class _Workload:
+    """The workload to plan for: a workload, idle (rate 0), or a problem (hold)."""
+
+    workload: Workload | None = None
+    idle: bool = False
+    problem: tuple[str, str] | None = None
+
+
+class _Builder:
+    """The new status, built by :func:`tick` alone (helpers return values, tick assigns)."""
+
+    def __init__(self, inp: TickInput) -> None:
+        old = inp.previous
+        self.inp = inp
+        self.now_iso = iso(inp.now_s)
+        self.status = PDDeploymentStatus(
+            conditions=[c.model_copy() for c in old.conditions],
+            history=list(old.history),
+            last_scale_time=old.last_scale_time,
+        )
+        self.events: list[EventRecord] = []
+
+    def condition(self, type_: str, ok: bool | None, reason: str, message: str) -> None:
+        self.status.conditions = with_condition(
+            self.status.conditions, type_, ok, reason, message, self.now_iso, self.inp.generation
+        )
+
+    def warn_on_change(self, type_: str, reason: str, message: str, event: str) -> None:
+        """A Warning event when condition ``type_`` turns False or its message changes."""
+        if became(self.inp.previous, type_, "False", message):
+            self.events.append(EventRecord("Warning", reason, event))
+
+
+def tick(inp: TickInput) -> TickOutcome:
+    """Decide one reconcile of one PDDeployment from what the shell read.
+
+    Pure: no I/O, no clock, no globals; the same input gives the same outcome.
+    """
+    b = _Builder(inp)
+    interval_s = inp.settings.default_interval_s
+    spec = inp.spec
+    if spec is None:
+        return _invalid(b, "InvalidSpec", inp.spec_error or "spec is missing", interval_s)
+    interval_s = spec.behavior.interval_s or interval_s
+    b.status.mode = spec.mode
+    try:
+        static = static_workload(spec) if spec.workload.source == "Static" else None
+    except SpecError as exc:
+        return _invalid(b, "InvalidSpec", str(exc), interval_s)
+    try:
+        profiles = choose_profiles(spec, inp.profiles, inp.memo)
+    except ProfileError as exc:
+        return _invalid(b, "InvalidProfile", str(exc), interval_s)
+    b.condition("SpecValid", True, "Valid", "spec and profile are valid")
+    b.status.observed_generation = inp.generation
+
+    states = _targets(b, spec, profiles)
+    if states is None:
+        return _outcome(b, (), interval_s, "target_missing")
+
+    read = _workload(b, spec, static)
+    planned: dict[Role, int | None] = {"prefill": None, "decode": None}
+    request: PlanRequest | None = None
+    result: Plan | None = None
+    if read.workload is not None:
+        workload = quantize(read.workload)
+        b.status.observed.rate_per_s = workload.rate_per_s
+        b.status.observed.input_tokens_mean = sig(workload.input_tokens.mean)
+        b.status.observed.output_tokens_mean = sig(workload.output_tokens.mean)
+        b.status.observed.input_tokens_p90 = sig(workload.input_tokens.quantile(0.9))
+        b.status.observed.output_tokens_p90 = sig(workload.output_tokens.quantile(0.9))
+        request = plan_request(spec, profiles.profile_set, profiles.chosen, workload)
+        try:
+            result = cached_plan(inp.memo, profiles.key, request)
+        except ValueError as exc:
+            return _invalid(b, "PlanError", f"the planner refused the inputs: {exc}", interval_s)
+        _record_plan(b.status, result, planned)
+    elif read.idle:
+        _record_idle(b.status, spec, planned)
+    else:
+        b.status.reason = (
+            f"holding replicas: {read.problem[1]}" if read.problem else "holding replicas"
+        )
+
+    decisions = _control(b, spec, states, planned, result)
+    if result is not None and request is not None:
+        at = predictions(request, decisions["prefill"].desired_replicas,
+                         decisions["decode"].desired_replicas)
+        now = predictions(request, states["prefill"].spec_replicas,
+                          states["decode"].spec_replicas)
+        b.status.predicted_ttft_s, b.status.predicted_tpot_ms = at.ttft_s, at.tpot_ms
+        b.status.prefill.predicted_ttft_s = at.ttft_s
+        b.status.decode.predicted_tpot_ms = at.tpot_ms
+        b.status.prefill.predicted_ttft_at_current_s = now.ttft_s
+        b.status.decode.predicted_tpot_at_current_ms = now.tpot_ms
+
+    commands = _act(b, spec, states, decisions)
+    ready = read.problem is None and (read.workload is not None or read.idle)
+    if ready:
+        b.condition("Ready", True, "Planned" if b.status.feasible else "PlannedInfeasible",
+                    b.status.reason)
+    else:
+        b.condition("Ready", False, read.problem[0] if read.problem else "NoRecommendation",
+                    b.status.reason)
+    b.status.history = b.status.history[-inp.settings.history_length:]
+    return _outcome(b, commands, interval_s, "ok" if ready else "held",
+                    metrics_available=0.0 if read.problem else 1.0, export=True)
+
+
+def _outcome(
+    b: _Builder, commands: Sequence[ScaleCommand], interval_s: float, outcome: Outcome,
+    metrics_available: float | None = None, export: bool = False,
+) -> TickOutcome:
+    return TickOutcome(
+        status=b.status, commands=tuple(commands), events=tuple(b.events), interval_s=interval_s,
+        outcome=outcome, metrics_available=metrics_available, export=export,
+        history_length=b.inp.settings.history_length,
+    )
+
+
+def _invalid(b: _Builder, reason: str, message: str, interval_s: float) -> TickOutcome:
+    """Spec, profile or plan refused: say why, keep the previous recommendation, do nothing."""
+    old = b.inp.previous
+    b.condition("SpecValid", False, reason, message)
+    b.condition("Ready", False, reason, message)
+    b.status.observed_generation = b.inp.generation
+    b.status.prefill = old.prefill.model_copy(deep=True)
+    b.status.decode = old.decode.model_copy(deep=True)
+    b.status.observed = old.observed.model_copy(deep=True)
+    b.status.reason = f"no action: {message}"
+    b.warn_on_change("SpecValid", reason, message, message)
+    return _outcome(b, (), interval_s, "invalid_spec")
+
+
+def _targets(
+    b: _Builder, spec: PDDeploymentSpec, profiles: ChosenProfiles
+) -> dict[Role, TargetState] | None:
+    """Each role's target state; ``None`` (and ``TargetsFound=False``) if one is missing."""
+    states: dict[Role, TargetState] = {}
+    problems: list[str] = []
+    for role in ROLES:
+        ref = spec.role(role).scale_target_ref
+        read = b.inp.targets.get(role)
+        if read is None or read.state is None:
+            problems.append(
+                f"{role}: {ref.describe()} "
+                + (read.problem if read is not None and read.problem else "not read")
+            )
+        else:
+            states[role] = read.state
+        rs = b.status.role(role)
+        rs.target = ref.describe()
+        rs.gpus_per_replica = spec.role(role).gpus_per_replica
+        rs.config = profiles.chosen[role].name
+        if role in states:
+            rs.current_replicas = states[role].spec_replicas
+            rs.ready_replicas = states[role].ready_replicas
+    if not problems:
+        b.condition("TargetsFound", True, "Found",
+                    f"prefill {spec.prefill.scale_target_ref.describe()}, decode "
+                    f"{spec.decode.scale_target_ref.describe()}")
+        return states
+    message = "; ".join(problems)
+    was = b.inp.previous
+    b.condition("TargetsFound", False, "TargetNotFound", message)
+    b.condition("Ready", False, "TargetNotFound", message)
+    b.status.reason = f"no action: {message}"
+    for role in ROLES:
+        b.status.role(role).recommendation_history = list(
+            was.role(role).recommendation_history
+        )
+    previous = next((c for c in was.conditions if c.type == "TargetsFound"), None)
+    if previous is None or previous.status != "False":
+        b.events.append(EventRecord("Warning", "TargetNotFound", message))
+    return None
+
+
+def _workload(b: _Builder, spec: PDDeploymentSpec, static: Workload | None) -> _Workload:
+    """The workload from the spec's static numbers or Prometheus; sets ``MetricsAvailable``."""
+    if spec.workload.source == "Static":
+        assert spec.workload.static is not None
+        b.status.observed = ObservedWorkload(
+            source="Static", rate_per_s=spec.workload.static.rate_per_s
+        )
+        result = _Workload(workload=static, idle=static is None)
+    else:
+        result = _from_prometheus(b, spec)
+    if result.problem is not None:
+        reason, message = result.problem
+        b.condition("MetricsAvailable", False, reason, message)
+        b.warn_on_change("MetricsAvailable", reason, message, f"holding replicas: {message}")
+    else:
+        b.condition("MetricsAvailable", True, "Read",
+                    "static workload" if spec.workload.source == "Static"
+                    else "every required vLLM series is present and fresh")
+    return result
+
+
+def _from_prometheus(b: _Builder, spec: PDDeploymentSpec) -> _Workload:
+    read = b.inp.workload
+    if read.problem is not None:
+        return _Workload(problem=read.problem)
+    observation = read.observation
+    if observation is None:
+        return _Workload(problem=("MetricsMissing", "no observation was made"))
+    prom = spec.workload.prometheus
+    b.status.observed = _observed(observation, prom.window_s)
+    _record_latencies(b.status, observation, spec)
+    if observation.missing:
+        return _Workload(problem=(
+            "MetricsMissing", "missing, stale or NaN: " + "; ".join(observation.missing)
+        ))
+    if observation.idle:
+        return _Workload(idle=True)
+    workload = observation.workload
+    if workload is not None:
+        workload = workload.model_copy(
+            update={"arrival_dispersion": spec.planner.arrival_dispersion}
+        )
+    return _Workload(workload=workload)
+
+
+def _observed(observation: Observation, window_s: float) -> ObservedWorkload:
+    return ObservedWorkload(
+        source="Prometheus",
+        window_s=window_s,
+        rate_per_s=sig(observation.rate_per_s, 3),
+        input_tokens_mean=sig(observation.prefill.length_mean),
+        output_tokens_mean=sig(observation.decode.length_mean),
+        metric_names=dict(observation.metric_names),
+        missing=list(observation.missing)[:64],
+    )
+
+
+def _record_latencies(
+    status: PDDeploymentStatus, observation: Observation, spec: PDDeploymentSpec
+) -> None:
+    p, d = observation.prefill, observation.decode
+    ttft_p = p.ttft_q_s if spec.slo.ttft_percentile is not None else p.ttft_mean_s
+    ttft_d = d.ttft_q_s if spec.slo.ttft_percentile is not None else d.ttft_mean_s
+    tpot_d = d.tpot_q_s if spec.slo.tpot_percentile is not None else d.tpot_mean_s
+    status.prefill.observed_ttft_s = sig(ttft_p)
+    status.decode.observed_ttft_s = sig(ttft_d)
+    status.decode.observed_tpot_ms = sig(tpot_d * 1000.0) if tpot_d is not None else None
+    for rs, m in ((status.prefill, p), (status.decode, d)):
+        rs.observed_queue_length = sig(m.waiting, 3)
+        rs.observed_running = sig(m.running, 3)
+        rs.observed_kv_cache_usage = sig(m.kv_cache, 3)
+
+
+def _record_plan(status: PDDeploymentStatus, result: Plan, planned: dict[Role, int | None]
+                 ) -> None:
+    status.feasible = result.feasible
+    status.binding_constraint = result.binding_constraint
+    status.reason = result.reason
+    for role_plan in (result.prefill, result.decode):
+        planned[role_plan.role] = role_plan.replicas
+        rs = status.role(role_plan.role)
+        rs.planned_replicas = role_plan.replicas
+        rs.feasible = role_plan.feasible
+        rs.binding = role_plan.binding
+
+
+def _record_idle(status: PDDeploymentStatus, spec: PDDeploymentSpec,
+                 planned: dict[Role, int | None]) -> None:
+    status.feasible = True
+    status.binding_constraint = "idle"
+    status.reason = (
+        f"no arrivals in the last {spec.workload.prometheus.window_s:g} s: minReplicas"
+        if spec.workload.source == "Prometheus" else "static rate 0: minReplicas"
+    )
+    for role in ROLES:
+        planned[role] = spec.role(role).min_replicas
+        status.role(role).planned_replicas = planned[role]
+        status.role(role).binding = "idle"
+
+
+def policy_of(spec: PDDeploymentSpec, role: Role) -> ControlPolicy:
+    """The control rules' settings for one role of the spec."""
+    role_spec = spec.role(role)
+    return ControlPolicy(
+        min_replicas=role_spec.min_replicas,
+        max_replicas=role_spec.max_replicas,
+        scale_up_stabilization_s=spec.behavior.scale_up_stabilization_s,
+        scale_down_stabilization_s=spec.behavior.scale_down_stabilization_s,
+        max_step_up=spec.behavior.max_scale_up_step,
+        max_step_down=spec.behavior.max_scale_down_step,
+        tolerance=spec.behavior.tolerance,
+    )
+
+
+def _control(
+    b: _Builder, spec: PDDeploymentSpec, states: Mapping[Role, TargetState],
+    planned: Mapping[Role, int | None], result: Plan | None,
+) -> dict[Role, Decision]:
+    """The pure control rules per role; sets ``CapacityLimited``."""
+    decisions: dict[Role, Decision] = {}
+    notes: list[str] = []
+    for role in ROLES:
+        role_spec, state = spec.role(role), states[role]
+        capacity_limit: int | None = None
+        free = b.inp.free_gpus.get(role)
+        if role_spec.node_pool is not None and free is not None:
+            capacity_limit = state.spec_replicas + free // role_spec.gpus_per_replica
+        decision = decide(
+            RoleInput(
+                current_replicas=state.spec_replicas,
+                ready_replicas=state.ready_replicas,
+                recommended_replicas=planned[role],
+                history=_history(b.inp.previous.role(role).recommendation_history),
+                capacity_limit=capacity_limit,
+            ),
+            policy_of(spec, role),
+            b.inp.now_s,
+        )
+        decisions[role] = decision
+        rs = b.status.role(role)
+        rs.recommended_replicas = decision.desired_replicas
+        rs.held_by = decision.held_by
+        rs.reason = decision.reason
+        rs.recommendation_history = [
+            RecommendationSample(time=iso(s.time_s), replicas=s.replicas)
+            for s in decision.history
+        ][-RECOMMENDATION_HISTORY:]
+        if decision.capacity_limited:
+            notes.append(
+                f"{role}: the node pool has room for {capacity_limit} replicas "
+                f"({role_spec.gpus_per_replica} GPUs each)"
+            )
+    binding = result.binding_constraint if result is not None else ""
+    if notes:
+        b.condition("CapacityLimited", True, "NodePoolFull", "; ".join(notes))
+    elif binding.endswith("max_replicas") or binding.startswith("budget."):
+        b.condition("CapacityLimited", True,
+                    "GPUBudget" if binding.startswith("budget.") else "MaxReplicas",
+                    b.status.reason)
+    else:
+        b.condition("CapacityLimited", False, "WithinLimits",
+                    "the plan fits the bounds, budget and free capacity")
+    return decisions
+
+
+def _history(samples: Sequence[RecommendationSample]) -> tuple[Sample, ...]:
+    out: list[Sample] = []
+    for s in samples:
+        t = parse_iso(s.time)
+        if t is not None:
+            out.append(Sample(time_s=t, replicas=s.replicas))
+    return tuple(out)
+
+
+def _act(
+    b: _Builder, spec: PDDeploymentSpec, states: Mapping[Role, TargetState],
+    decisions: Mapping[Role, Decision],
+) -> list[ScaleCommand]:
+    """Auto: a command per role whose count changes. DryRun: record the recommendation."""
+    commands: list[ScaleCommand] = []
+    for role in ROLES:
+        decision, state = decisions[role], states[role]
+        desired, current = decision.desired_replicas, state.spec_replicas
+        if desired == current:
+            continue
+        ref = spec.role(role).scale_target_ref
+        if spec.mode == "DryRun":
+            if b.inp.previous.role(role).recommended_replicas != desired:
+                b.status.last_scale_time = b.now_iso
+                b.status.history.append(ScaleEvent(
+                    time=b.now_iso, role=role, from_replicas=current, to_replicas=desired,
+                    applied=False, reason=decision.reason,
+                ))
+                b.events.append(EventRecord(
+                    "Normal", "Recommendation",
+                    f"DryRun: {role} {ref.describe()} would go {current} -> {desired} "
+                    f"replicas ({decision.reason})",
+                ))
+            continue
+        commands.append(ScaleCommand(
+            role=role, api_version=ref.api_version, kind=ref.kind, name=ref.name,
+            from_replicas=current, to_replicas=desired,
+            resource_version=state.resource_version, reason=decision.reason,
+        ))
+    return commands
+
+
+def settle(
+    outcome: TickOutcome, applied: Collection[Role], now_s: float, namespace: str, name: str
+) -> Settled:
+    """The status to store and what to emit, once the shell applied the commands it could.
+
+    ``applied`` names the roles whose ``/scale`` write succeeded; a command not applied (a
+    conflict, a lost lead) leaves the role's current count and asks for a retry soon.
+    """
+    status = outcome.status.model_copy(deep=True)
+    events = list(outcome.events)
+    done: list[ScaleCommand] = []
+    now_iso = iso(now_s)
+    for command in outcome.commands:
+        if command.role not in applied:
+            continue
+        done.append(command)
+        status.role(command.role).current_replicas = command.to_replicas
+        status.last_scale_time = now_iso
+        status.history.append(ScaleEvent(
+            time=now_iso, role=command.role, from_replicas=command.from_replicas,
+            to_replicas=command.to_replicas, applied=True, reason=command.reason,
+        ))
+        events.append(EventRecord(
+            "Normal", "Scaled",
+            f"{command.role} {command.describe()}: {command.from_replicas} -> "
+            f"{command.to_replicas} replicas ({command.reason})",
+        ))
+    status.history = status.history[-outcome.history_length:]
+    result: Outcome = outcome.outcome
+    if done:
+        result = "scaled"
+    return Settled(
+        status=status, events=tuple(events),
+        gauges=gauges(status, namespace, name, outcome) if outcome.export else (),
+        outcome=result, applied=tuple(done),
+        retry_soon=len(done) < len(outcome.commands),
+    )
+
+
+def gauges(
+    status: PDDeploymentStatus, namespace: str, name: str, outcome: TickOutcome
+) -> tuple[GaugeSample, ...]:
+    """The operator's gauges for one object, from its status."""
+    out: list[GaugeSample] = []
+    for role in ROLES:
+        rs = status.role(role)
+        for kind, value in (("current", rs.current_replicas), ("planned", rs.planned_replicas),
+                            ("recommended", rs.recommended_replicas)):
+            out.append(GaugeSample("replicas", (namespace, name, role, kind),
+                                   float(value) if value is not None else None))
+    out.append(GaugeSample("predicted_latency", (namespace, name, "prefill"),
+                           status.predicted_ttft_s))
+    out.append(GaugeSample(
+        "predicted_latency", (namespace, name, "decode"),
+        status.predicted_tpot_ms / 1000.0 if status.predicted_tpot_ms is not None else None,
+    ))
+    out.append(GaugeSample("observed_latency", (namespace, name, "prefill"),
+                           status.prefill.observed_ttft_s))
+    out.append(GaugeSample(
+        "observed_latency", (namespace, name, "decode"),
+        status.decode.observed_tpot_ms / 1000.0
+        if status.decode.observed_tpot_ms is not None else None,
+    ))
+    out.append(GaugeSample("observed_rate", (namespace, name), status.observed.rate_per_s))
+    if outcome.metrics_available is not None:
+        out.append(GaugeSample("metrics_available", (namespace, name),
+                               outcome.metrics_available))
+    return tuple(out)
+
+
+__all__ = ["RECOMMENDATION_HISTORY", "gauges", "policy_of", "settle", "tick"]
