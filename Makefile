@@ -34,7 +34,7 @@ lint: venv
 	$(BIN)/lint-imports
 
 test-unit: venv
-	$(BIN)/python -m pytest -q tests/unit --doctest-modules planner $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q tests/unit --doctest-modules planner operator/pdscaler $(PYTEST_ARGS)
 
 test-integration: venv components
 	$(BIN)/python -m pytest -q tests/integration -m "integration and not e2e" $(PYTEST_ARGS)
@@ -44,7 +44,7 @@ test-e2e: venv components
 
 ## The whole suite: lint, type checks, import contract, all test tiers.
 test: venv components lint
-	$(BIN)/python -m pytest -q tests --doctest-modules planner $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q tests --doctest-modules planner operator/pdscaler $(PYTEST_ARGS)
 
 bench: venv
 	$(BIN)/python benchmarks/plan_speed.py
