@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import yaml
+
 from pdscaler.controller.api import (
     GROUP,
     KIND,

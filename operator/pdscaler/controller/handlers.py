@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
+
 from pdscaler.controller import observability as obs
 from pdscaler.controller.api import GROUP, PLURAL, VERSION
 from pdscaler.controller.shell import ReconcileResult, Runtime, forget, reconcile

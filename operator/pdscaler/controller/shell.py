@@ -65,7 +65,6 @@ from pdscaler.controller.core import (
 from pdscaler.controller.core.status import CONDITION_TYPES, iso
 from pdscaler.controller.settings import OperatorSettings
 from pdscaler.vllm_metrics import MetricNameCache, QueryFn, read_observation, selector
-
 from planner.common import ROLES, Role
 
 log = logging.getLogger("pdscaler.controller")
@@ -141,31 +140,38 @@ def _previous_status(body: Mapping[str, Any], rt: Runtime, uid: str) -> dict[str
 def read_profiles(
     spec: PDDeploymentSpec, namespace: str, rt: Runtime, now_s: float
 ) -> dict[Role, ProfileDocument]:
-    """Each role's profile document: inline in the spec, or read from its ConfigMap."""
+    """Each role's profile document: inline in the spec, or read from its ConfigMap.
+
+    Roles with the same source share one document (read and hashed once).
+    """
     documents: dict[Role, ProfileDocument] = {}
+    by_source: dict[str, ProfileDocument] = {}
     for role in ROLES:
         source = spec.profile_for(role)
-        if source.config_map_ref is None:
+        ref = source.config_map_ref
+        if ref is None:
             where = f"spec.{role}.profile" if spec.role(role).profile is not None else (
                 "spec.profile")
-            documents[role] = ProfileDocument(where=where, content=source.inline)
-            continue
-        ref = source.config_map_ref
-        where = f"ConfigMap {ref.name} key {ref.key}"
-        try:
-            data = rt.kube.read_configmap(namespace, ref.name, now_s)
-        except NotFoundError:
-            documents[role] = ProfileDocument(
-                where=where, problem=f"ConfigMap {namespace}/{ref.name} not found"
-            )
-            continue
-        if ref.key not in data:
-            documents[role] = ProfileDocument(
-                where=where, problem=f"{where}: key missing (keys: {sorted(data)})"
-            )
-            continue
-        documents[role] = ProfileDocument(where=where, content=data[ref.key])
+        else:
+            where = f"ConfigMap {ref.name} key {ref.key}"
+        if where not in by_source:
+            by_source[where] = _read_profile(where, source.inline, ref, namespace, rt, now_s)
+        documents[role] = by_source[where]
     return documents
+
+
+def _read_profile(
+    where: str, inline: Any, ref: Any, namespace: str, rt: Runtime, now_s: float
+) -> ProfileDocument:
+    if ref is None:
+        return ProfileDocument(where=where, content=inline)
+    try:
+        data = rt.kube.read_configmap(namespace, ref.name, now_s)
+    except NotFoundError:
+        return ProfileDocument(where=where, problem=f"ConfigMap {namespace}/{ref.name} not found")
+    if ref.key not in data:
+        return ProfileDocument(where=where, problem=f"{where}: key missing (keys: {sorted(data)})")
+    return ProfileDocument(where=where, content=data[ref.key])
 
 
 def read_targets(

@@ -9,11 +9,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from pydantic import ValidationError
+
 from pdscaler.controller.api import LengthSpec, PDDeploymentSpec, SpecError
 from pdscaler.controller.core.memo import Memo
 from pdscaler.controller.core.status import sig
-from pydantic import ValidationError
-
 from planner import (
     SLO,
     Budget,
@@ -137,15 +137,16 @@ def plan_request(
     )
 
 
-def cached_plan(memo: Memo, profile_key: str, request: PlanRequest) -> Plan:
-    """:func:`planner.plan`, memoized on the request (the profiles by their key)."""
-    key = (profile_key, request.model_copy(update={"profiles": None}).model_dump_json())
-    found = memo.plans.get(key)
-    if isinstance(found, Plan):
-        return found
-    result = plan(request)
-    memo.plans.put(key, result)
-    return result
+def plan_key(profile_key: str, request: PlanRequest) -> str:
+    """A memo key of ``request``: everything but the profiles, which ``profile_key`` names."""
+    return profile_key + "|" + request.model_copy(update={"profiles": None}).model_dump_json()
+
+
+def cached_plan(memo: Memo, key: str, request: PlanRequest) -> Plan:
+    """:func:`planner.plan`, memoized on ``key`` (from :func:`plan_key`)."""
+    found = memo.plans.get_or_compute(("plan", key), lambda: plan(request))
+    assert isinstance(found, Plan)
+    return found
 
 
 @dataclass(frozen=True)
@@ -156,13 +157,22 @@ class Predictions:
     tpot_ms: float | None
 
 
-def predictions(request: PlanRequest, prefill: int, decode: int) -> Predictions:
-    """The planner's predictions at the given counts (:func:`planner.predict_at`)."""
-    prefill_prediction, decode_prediction = predict_at(request, prefill, decode)
-    return Predictions(sig(prefill_prediction.ttft_s), sig(decode_prediction.tpot_ms))
+def predictions(
+    memo: Memo, plan_key: str, request: PlanRequest, prefill: int, decode: int
+) -> Predictions:
+    """The planner's predictions at the given counts (:func:`planner.predict_at`), memoized
+    with the plan's key (``plan_key`` from :func:`cached_plan`)."""
+
+    def compute() -> Predictions:
+        prefill_prediction, decode_prediction = predict_at(request, prefill, decode)
+        return Predictions(sig(prefill_prediction.ttft_s), sig(decode_prediction.tpot_ms))
+
+    found = memo.plans.get_or_compute(("predictions", plan_key, prefill, decode), compute)
+    assert isinstance(found, Predictions)
+    return found
 
 
 __all__ = [
-    "Predictions", "cached_plan", "plan_request", "predictions", "quantize", "static_length",
-    "static_workload",
+    "Predictions", "cached_plan", "plan_key", "plan_request", "predictions", "quantize",
+    "static_length", "static_workload",
 ]

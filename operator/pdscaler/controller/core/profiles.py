@@ -10,11 +10,11 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from pdscaler.controller.api import PDDeploymentSpec
 from pdscaler.controller.core.memo import Memo
-
 from planner import InstanceProfile, ProfileFormatError, ProfileSet
 from planner.common import ROLES, Role
 from planner.importers import complete_profile_set, parse_profile_instances
@@ -34,8 +34,10 @@ class ProfileDocument:
     content: str | Mapping[str, Any] | None = None
     problem: str | None = None
 
-    @property
+    @cached_property
     def digest(self) -> str:
+        """A content hash (computed once per document object; the shell shares one document
+        between the roles when they use the same source)."""
         raw = (self.content if isinstance(self.content, str)
                else json.dumps(self.content, sort_keys=True, default=str))
         return hashlib.sha1(raw.encode()).hexdigest()

@@ -37,6 +37,7 @@ from pdscaler.controller.api import (
 )
 from pdscaler.controller.core.planning import (
     cached_plan,
+    plan_key,
     plan_request,
     predictions,
     quantize,
@@ -55,7 +56,6 @@ from pdscaler.controller.core.types import (
     TickOutcome,
 )
 from pdscaler.vllm_metrics import Observation
-
 from planner import Plan, PlanRequest, Workload
 from planner.common import ROLES, Role
 from planner.control import ControlPolicy, Decision, RoleInput, Sample, decide
@@ -129,6 +129,7 @@ def tick(inp: TickInput) -> TickOutcome:
     planned: dict[Role, int | None] = {"prefill": None, "decode": None}
     request: PlanRequest | None = None
     result: Plan | None = None
+    key = ""
     if read.workload is not None:
         workload = quantize(read.workload)
         b.status.observed.rate_per_s = workload.rate_per_s
@@ -137,8 +138,9 @@ def tick(inp: TickInput) -> TickOutcome:
         b.status.observed.input_tokens_p90 = sig(workload.input_tokens.quantile(0.9))
         b.status.observed.output_tokens_p90 = sig(workload.output_tokens.quantile(0.9))
         request = plan_request(spec, profiles.profile_set, profiles.chosen, workload)
+        key = plan_key(profiles.key, request)
         try:
-            result = cached_plan(inp.memo, profiles.key, request)
+            result = cached_plan(inp.memo, key, request)
         except ValueError as exc:
             return _invalid(b, "PlanError", f"the planner refused the inputs: {exc}", interval_s)
         _record_plan(b.status, result, planned)
@@ -151,9 +153,9 @@ def tick(inp: TickInput) -> TickOutcome:
 
     decisions = _control(b, spec, states, planned, result)
     if result is not None and request is not None:
-        at = predictions(request, decisions["prefill"].desired_replicas,
+        at = predictions(inp.memo, key, request, decisions["prefill"].desired_replicas,
                          decisions["decode"].desired_replicas)
-        now = predictions(request, states["prefill"].spec_replicas,
+        now = predictions(inp.memo, key, request, states["prefill"].spec_replicas,
                           states["decode"].spec_replicas)
         b.status.predicted_ttft_s, b.status.predicted_tpot_ms = at.ttft_s, at.tpot_ms
         b.status.prefill.predicted_ttft_s = at.ttft_s
@@ -457,7 +459,7 @@ def settle(
     ``applied`` names the roles whose ``/scale`` write succeeded; a command not applied (a
     conflict, a lost lead) leaves the role's current count and asks for a retry soon.
     """
-    status = outcome.status.model_copy(deep=True)
+    status = outcome.status.model_copy(update={"history": list(outcome.status.history)})
     events = list(outcome.events)
     done: list[ScaleCommand] = []
     now_iso = iso(now_s)
@@ -465,7 +467,13 @@ def settle(
         if command.role not in applied:
             continue
         done.append(command)
-        status.role(command.role).current_replicas = command.to_replicas
+        role_status = status.role(command.role).model_copy(
+            update={"current_replicas": command.to_replicas}
+        )
+        if command.role == "prefill":
+            status.prefill = role_status
+        else:
+            status.decode = role_status
         status.last_scale_time = now_iso
         status.history.append(ScaleEvent(
             time=now_iso, role=command.role, from_replicas=command.from_replicas,

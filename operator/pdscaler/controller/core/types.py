@@ -14,7 +14,6 @@ from pdscaler.controller.api import PDDeploymentSpec, PDDeploymentStatus
 from pdscaler.controller.core.memo import Memo
 from pdscaler.controller.core.profiles import ProfileDocument
 from pdscaler.vllm_metrics import Observation
-
 from planner.common import Role
 
 Outcome = Literal["ok", "held", "scaled", "invalid_spec", "target_missing"]
