@@ -4,8 +4,9 @@ The CRD's OpenAPI schema (``deploy/crd.yaml``) is generated from these models by
 :mod:`pdscaler.controller.crd`: field descriptions become the schema descriptions that
 ``kubectl explain`` shows, field constraints become schema constraints, and each model's
 :attr:`CrdModel.cel_rules` become ``x-kubernetes-validations`` rules that the API server
-enforces. The same rules are checked in Python when the operator parses an object, so an object that slipped past an older CRD is still
-refused (``SpecValid=False``) before anything is done with it.
+enforces. The same rules are checked in Python when the operator parses an object, so an
+object that slipped past an older CRD is still refused (``SpecValid=False``) before anything is
+done with it.
 
 Wire names are camelCase with the unit in the name (``ttftS``, ``tpotMs``, ``windowS``), as in the
 profile format; Python names are their snake_case form.
