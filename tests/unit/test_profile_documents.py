@@ -23,6 +23,7 @@ from pdscaler.controller.core import (
 )
 
 from planner import ProfileFormatError
+from planner.common import ROLES
 from planner.importers import parse_profile_instances
 
 PREFILL = {"name": "paper", "role": "prefill", "gpuType": "h200", "gpusPerInstance": 8,
@@ -60,11 +61,11 @@ def run_tick(raw: dict[str, Any]) -> Any:
     parsed = parse_spec(raw)
     docs = {role: ProfileDocument(f"spec.{role}.profile",
                                   content=parsed.profile_for(role).inline)
-            for role in ("prefill", "decode")}
+            for role in ROLES}
     return tick(TickInput(
         now_s=1.8e9, namespace="ns", name="x", generation=1, spec=parsed, spec_error=None,
         previous=PDDeploymentStatus(), profiles=docs,
-        targets={r: TargetRead(TargetState(1, 1, "1")) for r in ("prefill", "decode")}))
+        targets={r: TargetRead(TargetState(1, 1, "1")) for r in ROLES}))
 
 
 def test_a_prefill_only_document_is_valid() -> None:
