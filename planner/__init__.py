@@ -39,7 +39,16 @@ from planner.profile import (
     PrefillPoint,
     ProfileSet,
 )
-from planner.workload import SLO, LengthDistribution, Trace, Workload, parse_trace_csv
+from planner.workload import (
+    SLO,
+    LengthDistribution,
+    Trace,
+    Workload,
+    parse_timestamp_s,
+    parse_trace,
+    parse_trace_csv,
+    parse_trace_jsonl,
+)
 
 __all__ = [
     "DECODE_MODELS",
@@ -71,7 +80,10 @@ __all__ = [
     "import_paper_table",
     "merge_profile_sets",
     "parse_profile_document",
+    "parse_timestamp_s",
+    "parse_trace",
     "parse_trace_csv",
+    "parse_trace_jsonl",
     "plan",
     "predict_decode",
     "predict_prefill",
