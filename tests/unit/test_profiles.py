@@ -30,7 +30,8 @@ def test_dynamo_import_fits_monotone_curves() -> None:
     profiles = import_dynamo_npz(*_dynamo())
     prefill, decode = profiles.instances
     assert prefill.role == "prefill" and decode.role == "decode"
-    assert prefill.gpu_type == "h200_sxm" and prefill.gpus_per_instance == 1
+    assert prefill.gpu_type == "h200" and prefill.gpus_per_instance == 1  # npz says h200_sxm
+    assert prefill.name == "h200-tp1" and prefill.model == "nvidia/Llama-3.1-8B-Instruct-FP8"
     assert profiles.metadata.engine == "vllm" and profiles.metadata.engine_version == "0.10.1.1"
     assert decode.decode is not None and decode.decode.kv_cache_capacity_tokens == 945029
     lengths = np.linspace(100, 16372, 200)
