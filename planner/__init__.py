@@ -22,6 +22,7 @@ from planner.models import (
     predict_prefill,
 )
 from planner.optimize import (
+    MAX_SEARCH_REPLICAS,
     Budget,
     ModelChoice,
     Plan,
@@ -29,7 +30,12 @@ from planner.optimize import (
     ReplicaBounds,
     RolePlan,
     Rounding,
+    effective_inputs,
+    first_decode_step_s,
+    input_warnings,
     plan,
+    predict_at,
+    validate_replica_bounds,
 )
 from planner.profile import (
     DecodeCurve,
@@ -38,12 +44,14 @@ from planner.profile import (
     PrefillCurve,
     PrefillPoint,
     ProfileSet,
+    canonical_gpu_type,
 )
 from planner.workload import (
     SLO,
     LengthDistribution,
     Trace,
     Workload,
+    parse_percentile,
     parse_timestamp_s,
     parse_trace,
     parse_trace_csv,
@@ -52,6 +60,7 @@ from planner.workload import (
 
 __all__ = [
     "DECODE_MODELS",
+    "MAX_SEARCH_REPLICAS",
     "PREFILL_MODELS",
     "SLO",
     "Budget",
@@ -74,17 +83,24 @@ __all__ = [
     "TTFTBudget",
     "Trace",
     "Workload",
+    "canonical_gpu_type",
     "dump_profile_document",
+    "effective_inputs",
+    "first_decode_step_s",
     "import_aiconfigurator_csv",
     "import_dynamo_npz",
     "import_paper_table",
+    "input_warnings",
     "merge_profile_sets",
+    "parse_percentile",
     "parse_profile_document",
     "parse_timestamp_s",
     "parse_trace",
     "parse_trace_csv",
     "parse_trace_jsonl",
     "plan",
+    "predict_at",
     "predict_decode",
     "predict_prefill",
+    "validate_replica_bounds",
 ]

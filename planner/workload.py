@@ -202,6 +202,60 @@ class SLO(FrozenModel):
         )
 
 
+#: Bare numbers from 1 up to this are refused as percentiles: ``1.5`` could be p1.5 or a
+#: mistyped fraction, and latency SLOs below the median are almost never meant.
+AMBIGUOUS_PERCENTILE_BELOW = 50.0
+
+
+def parse_percentile(text: str | float | None, field: str = "percentile") -> float | None:
+    """Read a percentile written as ``mean``, ``p90``, ``0.9`` or ``90`` into a fraction.
+
+    ``mean`` (or ``avg``, or ``None``) means the mean (``None``). ``pX`` is the X-th percentile
+    (0 < X < 100). A bare number in (0, 1) is a fraction; a bare number in [50, 100) is a
+    percent. A bare number in [1, 50) is refused as ambiguous (``1.5``: p1.5, or a slip for
+    0.15 or p15?); write it as ``pX`` if meant. Raises ``ValueError`` naming ``field``.
+
+    Examples
+    --------
+    >>> [parse_percentile(t) for t in ("p99", "0.9", "95", "mean")]
+    [0.99, 0.9, 0.95, None]
+    >>> parse_percentile("p1.5")
+    0.015
+    >>> parse_percentile("1.5", "ttftPercentile")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: ttftPercentile='1.5' is ambiguous: ...
+    """
+    if text is None:
+        return None
+    raw = str(text).strip().lower()
+    if raw in ("mean", "avg", "average"):
+        return None
+    prefixed = raw.startswith("p")
+    try:
+        value = float(raw[1:] if prefixed else raw)
+    except ValueError:
+        raise ValueError(
+            f"{field}={text!r} is not a percentile: use mean, p50, p90, p99 or a fraction (0.9)"
+        ) from None
+    if not math.isfinite(value):
+        raise ValueError(f"{field}={text!r} is not finite")
+    if prefixed:
+        if not 0 < value < 100:
+            raise ValueError(f"{field}={text!r}: pX needs 0 < X < 100")
+        return value / 100.0
+    if 0 < value < 1:
+        return value
+    if 1 <= value < AMBIGUOUS_PERCENTILE_BELOW:
+        raise ValueError(
+            f"{field}={text!r} is ambiguous: a fraction must be below 1 (0.9 = p90); write "
+            f"p{value:g} if the {value:g}th percentile is meant"
+        )
+    if AMBIGUOUS_PERCENTILE_BELOW <= value < 100:
+        return value / 100.0
+    raise ValueError(f"{field}={text!r} must be a fraction in (0, 1) or a percent in [50, 100)")
+
+
 @dataclass(frozen=True, eq=False)
 class Trace:
     """A request trace: arrival offsets (s, from the first request) and token lengths."""

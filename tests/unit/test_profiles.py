@@ -185,3 +185,19 @@ def test_isotonic_is_least_squares_monotone() -> None:
     fit = isotonic_increasing(y)
     assert np.all(np.diff(fit) >= -1e-12)
     assert fit.mean() == pytest.approx(y.mean())  # PAVA preserves the mean
+
+
+def test_isotonic_weighted_pool_is_the_weighted_mean() -> None:
+    # One violating pair pools to its weighted mean: (3 * 1 + 1 * 3) / 4 = 1.5.
+    assert isotonic_increasing(np.array([3.0, 1.0]), np.array([1.0, 3.0])).tolist() == [1.5, 1.5]
+    # Already monotone data is returned unchanged.
+    assert isotonic_increasing(np.array([1.0, 2.0, 2.0, 5.0])).tolist() == [1.0, 2.0, 2.0, 5.0]
+    # Two separate violations: blocks {4, 2} -> 3 and {9, 5, 7} -> 7.
+    assert isotonic_increasing(np.array([0.0, 4.0, 2.0, 9.0, 5.0, 7.0])).tolist() == [
+        0.0,
+        3.0,
+        3.0,
+        7.0,
+        7.0,
+        7.0,
+    ]
