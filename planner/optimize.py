@@ -419,7 +419,7 @@ def plan_prefill(
     cap = bounds.max_replicas if bounds.max_replicas is not None else MAX_SEARCH_REPLICAS
     mean_s, _ = prefill_service_moments(instance.prefill, workload)
     fluid = workload.rate_per_s * mean_s
-    stable = min(math.floor(fluid) + 1, MAX_SEARCH_REPLICAS + 1)  # utilization below 1
+    stable = math.floor(fluid) + 1  # the smallest count with utilization below 1
     lower = min(max(stable, bounds.min_replicas, 1), cap)
     target = f"TTFT {_tag(slo.ttft_percentile)} {slo.ttft_s:g} s"
 
@@ -546,7 +546,7 @@ def plan_decode(request: PlanRequest, instance: InstanceProfile) -> RolePlan:
     )
     best_throughput = float(np.max(candidates * 1000.0 / curve.tpot_ms(candidates, context)))
     fluid = out_rate / best_throughput
-    lower = min(max(min(math.ceil(fluid - 1e-9), MAX_SEARCH_REPLICAS), bounds.min_replicas, 1), cap)
+    lower = min(max(math.ceil(fluid - 1e-9), bounds.min_replicas, 1), cap)
     target = f"TPOT {_tag(slo.tpot_percentile)} {slo.tpot_ms:g} ms"
     warnings: list[str] = []
 
@@ -634,7 +634,7 @@ def plan_decode(request: PlanRequest, instance: InstanceProfile) -> RolePlan:
                     lambda n: predict(n).within_limits, needed + 1, MAX_SEARCH_REPLICAS
                 )
     else:
-        start = max(min(math.floor(fluid), MAX_SEARCH_REPLICAS + 1), bounds.min_replicas, 1)
+        start = max(math.floor(fluid), bounds.min_replicas, 1)
         needed = _search_min(meets, start, MAX_SEARCH_REPLICAS)
         if needed is not None and needed > 1:
             one_fewer = predict(needed - 1)
