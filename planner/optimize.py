@@ -298,6 +298,42 @@ def _tag(percentile: float | None) -> str:
     return "mean" if percentile is None else f"p{100 * percentile:g}"
 
 
+def sized_percentile(request: PlanRequest, role: Role) -> float | None:
+    """The percentile the role's model actually sizes: ``None`` (the mean) for mean models.
+
+    The ``paper`` prefill model and the ``paper`` and ``littles`` decode models size the mean
+    whatever percentile the SLO names; labels in reasons use this, and a warning says so.
+    """
+    if role == "prefill":
+        return None if request.models.prefill == "paper" else request.slo.ttft_percentile
+    if request.models.decode in ("paper", "littles"):
+        return None
+    return request.slo.tpot_percentile
+
+
+def describe_sized_slo(request: PlanRequest) -> str:
+    """The SLO as the models size it (``mean`` where a mean model stands in for a percentile).
+
+    Examples
+    --------
+    >>> from planner.paper import paper_request
+    >>> describe_sized_slo(paper_request(slo=SLO(ttft_s=2, ttft_percentile=0.9, tpot_ms=20)))
+    'TTFT mean <= 2 s (p90 asked; model paper sizes the mean), TPOT mean <= 20 ms'
+    """
+    parts = []
+    for role, name, target, unit, asked in (
+        ("prefill", "TTFT", request.slo.ttft_s, "s", request.slo.ttft_percentile),
+        ("decode", "TPOT", request.slo.tpot_ms, "ms", request.slo.tpot_percentile),
+    ):
+        sized = sized_percentile(request, role)  # type: ignore[arg-type]
+        text = f"{name} {_tag(sized)} <= {target:g} {unit}"
+        if sized != asked:
+            model = request.models.prefill if role == "prefill" else request.models.decode
+            text += f" ({_tag(asked)} asked; model {model} sizes the mean)"
+        parts.append(text)
+    return ", ".join(parts)
+
+
 def _no_queue_ttft_s(
     request: PlanRequest, instance: InstanceProfile, first_decode_step_s: float
 ) -> float:
@@ -421,7 +457,7 @@ def plan_prefill(
     fluid = workload.rate_per_s * mean_s
     stable = math.floor(fluid) + 1  # the smallest count with utilization below 1
     lower = min(max(stable, bounds.min_replicas, 1), cap)
-    target = f"TTFT {_tag(slo.ttft_percentile)} {slo.ttft_s:g} s"
+    target = f"TTFT {_tag(sized_percentile(request, 'prefill'))} {slo.ttft_s:g} s"
 
     def predict(n: int) -> PrefillPrediction:
         return predict_prefill(model, instance, n, workload, slo, budget, first_decode_step_s)
@@ -547,7 +583,7 @@ def plan_decode(request: PlanRequest, instance: InstanceProfile) -> RolePlan:
     best_throughput = float(np.max(candidates * 1000.0 / curve.tpot_ms(candidates, context)))
     fluid = out_rate / best_throughput
     lower = min(max(math.ceil(fluid - 1e-9), bounds.min_replicas, 1), cap)
-    target = f"TPOT {_tag(slo.tpot_percentile)} {slo.tpot_ms:g} ms"
+    target = f"TPOT {_tag(sized_percentile(request, 'decode'))} {slo.tpot_ms:g} ms"
     warnings: list[str] = []
 
     def predict(n: int) -> DecodePrediction:
@@ -903,21 +939,21 @@ def plan(request: PlanRequest) -> Plan:
     elif request.budget.max_gpus is not None and gpus > request.budget.max_gpus:
         binding = "budget.max_gpus"
         reason = (
-            f"the cheapest plan meeting {request.slo.describe()} needs {gpus} GPUs "
+            f"the cheapest plan meeting {describe_sized_slo(request)} needs {gpus} GPUs "
             f"({p_plan.replicas} x {p_plan.config} prefill + {d_plan.replicas} x {d_plan.config} "
             f"decode), above the budget of {request.budget.max_gpus} GPUs"
         )
     elif not feasible:
         binding = "budget.max_cost_per_hour"
         reason = (
-            f"the cheapest plan meeting {request.slo.describe()} costs {cost:.2f}/h, above the "
-            f"budget of {request.budget.max_cost_per_hour:.2f}/h"
+            f"the cheapest plan meeting {describe_sized_slo(request)} costs {cost:.2f}/h, "
+            f"above the budget of {request.budget.max_cost_per_hour:.2f}/h"
         )
     else:
         heavier = max((p_plan, d_plan), key=lambda r: r.gpus)
         binding = f"{heavier.role}.{heavier.binding}"
         reason = (
-            f"{request.slo.describe()} at {request.workload.rate_per_s:.3g} req/s: "
+            f"{describe_sized_slo(request)} at {request.workload.rate_per_s:.3g} req/s: "
             f"prefill {p_plan.reason}; decode {d_plan.reason}"
         )
     for role_plan, target, unit in (

@@ -73,6 +73,10 @@ def test_paper_models_given_a_percentile_warn_that_they_size_the_mean() -> None:
     text = "\n".join(result.warnings)
     assert "prefill model 'paper' sizes the mean TTFT" in text and "p90 target 2 s" in text
     assert "decode model 'paper' sizes the mean TPOT" in text and "p99 target 20 ms" in text
+    # The reason labels what was sized, not what was asked.
+    assert "TTFT mean <= 2 s (p90 asked; model paper sizes the mean)" in result.reason
+    assert "TTFT p90" not in result.reason
+    assert "TPOT mean <= 20 ms (p99 asked; model paper sizes the mean)" in result.reason
     littles = plan(paper_request(slo=slo, models=ModelChoice(prefill="mmc", decode="littles")))
     assert any("decode model 'littles' sizes the mean" in w for w in littles.warnings)
     assert not any("sizes the mean" in w for w in plan(paper_request()).warnings)
