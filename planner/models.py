@@ -356,18 +356,31 @@ class PaperDecodeFit:
         """
         if self.raw(self.tpot_min_ms) >= tokens_per_s:
             return self.tpot_min_ms
-        shifted = np.array(self.coefficients, dtype=np.float64)
-        shifted[-1] -= tokens_per_s
-        roots = sorted(
-            r.real
-            for r in np.roots(shifted)
-            if abs(r.imag) < 1e-9 and self.tpot_min_ms < r.real <= self.tpot_max_ms + 1e-9
-        )
-        return float(roots[0]) if roots else math.inf
+        *higher, constant = self.coefficients
+        constant -= tokens_per_s
+        candidates: list[float] = []
+        if len(higher) == 2 and higher[0] != 0:
+            a, b = higher
+            discriminant = b * b - 4.0 * a * constant
+            if discriminant >= 0:
+                root = math.sqrt(discriminant)
+                candidates = [(-b - root) / (2.0 * a), (-b + root) / (2.0 * a)]
+        elif higher and higher[-1] != 0:
+            candidates = [-constant / higher[-1]]
+        inside = [t for t in candidates if self.tpot_min_ms < t <= self.tpot_max_ms + 1e-9]
+        return min(inside) if inside else math.inf
 
 
 def paper_decode_model(curve: DecodeCurve, context_tokens: float) -> PaperDecodeFit:
     """The paper's decode fit at the context row nearest ``context_tokens``, with its domain."""
+    fit: PaperDecodeFit = curve.memo(
+        ("paper_decode_fit", float(context_tokens)),
+        lambda: _paper_decode_model(curve, context_tokens),
+    )
+    return fit
+
+
+def _paper_decode_model(curve: DecodeCurve, context_tokens: float) -> PaperDecodeFit:
     contexts = sorted({p.context_tokens for p in curve.points})
     nearest = min(contexts, key=lambda c: abs(c - context_tokens))
     row = [p for p in curve.points if p.context_tokens == nearest]

@@ -215,6 +215,15 @@ class DecodeCurve(FrozenModel):
     _row_cache: dict[float, tuple[list[float], list[float], float]] = PrivateAttr(
         default_factory=dict
     )
+    _memo: dict[Any, Any] = PrivateAttr(default_factory=dict)
+
+    def memo(self, key: Any, compute: Any) -> Any:
+        """``compute()`` once per ``key`` for this curve (derived fits such as the paper's)."""
+        if key not in self._memo:
+            if len(self._memo) >= 4096:
+                self._memo.clear()
+            self._memo[key] = compute()
+        return self._memo[key]
 
     def model_post_init(self, context: Any, /) -> None:
         contexts = sorted({p.context_tokens for p in self.points})
