@@ -564,9 +564,14 @@ def plan_decode(request: PlanRequest, instance: InstanceProfile) -> RolePlan:
     cap = bounds.max_replicas if bounds.max_replicas is not None else MAX_SEARCH_REPLICAS
     context = workload.mean_decode_context_tokens
     out_rate = workload.rate_per_s * workload.output_tokens.mean
-    # Fluid bound: every instance at its best throughput within its batch and KV limits.
+    # Fluid bound: every instance at its best throughput within its batch and KV limits (the
+    # KV limit is left out when the cache cannot hold even one sequence: that is refused below).
     limit_batch = float(curve.batch_limit)
-    if curve.kv_cache_capacity_tokens is not None:
+    kv_holds_one = (
+        curve.kv_cache_capacity_tokens is None
+        or context <= request.kv_usage_limit * curve.kv_cache_capacity_tokens
+    )
+    if curve.kv_cache_capacity_tokens is not None and kv_holds_one:
         limit_batch = min(
             limit_batch, request.kv_usage_limit * curve.kv_cache_capacity_tokens / context
         )
@@ -625,10 +630,8 @@ def plan_decode(request: PlanRequest, instance: InstanceProfile) -> RolePlan:
             f"context {context:.0f} tokens on {instance.key}{stays}"
         )
         return result(lower, "tpot_floor", False, reason, None)
-    if (
-        curve.kv_cache_capacity_tokens is not None
-        and context > request.kv_usage_limit * curve.kv_cache_capacity_tokens
-    ):
+    if not kv_holds_one:
+        assert curve.kv_cache_capacity_tokens is not None
         reason = (
             f"one sequence's context {context:.0f} tokens exceeds the usable KV cache "
             f"{request.kv_usage_limit * curve.kv_cache_capacity_tokens:.0f} tokens "

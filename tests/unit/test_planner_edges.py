@@ -190,6 +190,32 @@ def test_unreachable_ttft_keeps_the_lower_bound(min_replicas: int) -> None:
     assert "no replica count meets it" in result.reason
 
 
+def test_unreachable_ttft_for_the_paper_model_keeps_the_lower_bound() -> None:
+    # TTFT 0.3 s - 0.1 s overhead = 0.2 s < 6144 / 28309 = 0.217 s service: TP_P < 0.
+    request = paper_request(
+        slo=SLO(ttft_s=0.3, tpot_ms=20.0), prefill_bounds=ReplicaBounds(max_replicas=40)
+    )
+    result = plan(request)
+    assert not result.feasible
+    assert result.binding_constraint == "prefill.ttft_floor"
+    assert result.prefill.replicas == math.floor(PAPER_RATE_PER_S * 6144 / 28309) + 1 == 3
+    assert "not more than the prefill service time 0.217 s" in result.reason
+
+
+def test_a_context_larger_than_the_kv_cache_keeps_the_lower_bound() -> None:
+    # 6144 + 256 context tokens per sequence; 95 % of a 6000-token cache holds none.
+    request = paper_request(
+        profiles=_paper_with_kv(6000),
+        models=ModelChoice(prefill="mmc", decode="poisson"),
+        decode_bounds=ReplicaBounds(max_replicas=40),
+    )
+    result = plan(request)
+    assert not result.feasible
+    assert result.binding_constraint == "decode.kv_cache"
+    assert result.decode.replicas == math.ceil(PAPER_RATE_PER_S * 512 / (60 * 1000 / 26.2)) == 3
+    assert "one sequence's context 6400 tokens exceeds the usable KV cache 5700" in result.reason
+
+
 def test_unreachable_tpot_keeps_the_lower_bound() -> None:
     # The paper table's smallest TPOT is 12.8 ms; 5 ms cannot be met. The lower bound is the
     # output rate over the best measured throughput: 5 * 400 / (60 / 0.0262) = 0.87 -> 1.
