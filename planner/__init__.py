@@ -30,11 +30,13 @@ from planner.optimize import (
     ReplicaBounds,
     RolePlan,
     Rounding,
+    describe_sized_slo,
     effective_inputs,
     first_decode_step_s,
     input_warnings,
     plan,
     predict_at,
+    sized_percentile,
     validate_replica_bounds,
 )
 from planner.profile import (
@@ -84,6 +86,7 @@ __all__ = [
     "Trace",
     "Workload",
     "canonical_gpu_type",
+    "describe_sized_slo",
     "dump_profile_document",
     "effective_inputs",
     "first_decode_step_s",
@@ -102,5 +105,6 @@ __all__ = [
     "predict_at",
     "predict_decode",
     "predict_prefill",
+    "sized_percentile",
     "validate_replica_bounds",
 ]
