@@ -453,6 +453,7 @@ def plan_prefill(
     model = request.models.prefill
     bounds = request.prefill_bounds
     cap = bounds.max_replicas if bounds.max_replicas is not None else MAX_SEARCH_REPLICAS
+    search_limit = max(cap, MAX_SEARCH_REPLICAS)  # a cap above the default limit widens it
     mean_s, _ = prefill_service_moments(instance.prefill, workload)
     fluid = workload.rate_per_s * mean_s
     stable = math.floor(fluid) + 1  # the smallest count with utilization below 1
@@ -513,11 +514,11 @@ def plan_prefill(
         return result(lower, "ttft_floor", False, reason, None)
     else:
         start = max(stable, bounds.min_replicas, 1)
-        needed = _search_min(lambda n: predict(n).ttft_s <= slo.ttft_s, start, MAX_SEARCH_REPLICAS)
+        needed = _search_min(lambda n: predict(n).ttft_s <= slo.ttft_s, start, search_limit)
     binding_over, words_over = _over_limit(bounds)
     if needed is None:
         reason = (
-            f"prefill needs more than {MAX_SEARCH_REPLICAS} replicas of {instance.key} for "
+            f"prefill needs more than {search_limit} replicas of {instance.key} for "
             f"{target} (lower bound {fluid:.0f}: load / maximum throughput), above {words_over}"
         )
         return result(cap, binding_over, False, reason, fractional)
@@ -562,6 +563,7 @@ def plan_decode(request: PlanRequest, instance: InstanceProfile) -> RolePlan:
     model = request.models.decode
     bounds = request.decode_bounds
     cap = bounds.max_replicas if bounds.max_replicas is not None else MAX_SEARCH_REPLICAS
+    search_limit = max(cap, MAX_SEARCH_REPLICAS)  # a cap above the default limit widens it
     context = workload.mean_decode_context_tokens
     out_rate = workload.rate_per_s * workload.output_tokens.mean
     # Fluid bound: every instance at its best throughput within its batch and KV limits (the
@@ -664,24 +666,24 @@ def plan_decode(request: PlanRequest, instance: InstanceProfile) -> RolePlan:
             return result(lower, "tpot_floor", False, reason, None)
         fractional = out_rate / throughput
         needed = max(request.rounding.apply(fractional), 1)
-        if needed <= MAX_SEARCH_REPLICAS:
+        if needed <= search_limit:
             at_needed = predict(needed)
             if not at_needed.within_limits:
                 # The fit knows no KV cache: raise the count until the batch fits.
                 binding = str(at_needed.limit)
                 needed = _search_min(
-                    lambda n: predict(n).within_limits, needed + 1, MAX_SEARCH_REPLICAS
+                    lambda n: predict(n).within_limits, needed + 1, search_limit
                 )
     else:
         start = max(math.floor(fluid), bounds.min_replicas, 1)
-        needed = _search_min(meets, start, MAX_SEARCH_REPLICAS)
+        needed = _search_min(meets, start, search_limit)
         if needed is not None and needed > 1:
             one_fewer = predict(needed - 1)
             if one_fewer.limit is not None and one_fewer.tpot_ms <= slo.tpot_ms:
                 binding = one_fewer.limit  # TPOT alone would allow fewer: a hard limit binds
     if needed is None:
         reason = (
-            f"decode needs more than {MAX_SEARCH_REPLICAS} replicas of {instance.key} for "
+            f"decode needs more than {search_limit} replicas of {instance.key} for "
             f"{target} (lower bound {fluid:.0f}: load / best throughput), above {words_over}"
         )
         return result(cap, binding_over, False, reason, fractional)
