@@ -1,4 +1,4 @@
-"""The optimizer: integer prefill/decode replica counts at minimum GPU cost under the SLOs.
+r"""The optimizer: integer prefill/decode replica counts at minimum GPU cost under the SLOs.
 
 For every prefill configuration and every decode configuration in the profile set (several
 parallelism configs and GPU types per role), the smallest replica count meeting the role's SLO is
@@ -7,9 +7,27 @@ count when no prices are given) within the replica bounds and the GPU budget is 
 
 Prefill and decode are sized independently: TTFT depends on the prefill pool (and, when the
 first decode step is counted in TTFT, on the decode configuration's TPOT), TPOT on the decode
-pool only. Each role's search walks replica counts upward from the fluid lower bound
-(load / maximum throughput), exploiting that predicted latency never increases with more
-replicas.
+pool only (:func:`predict_at` applies the coupling at given counts).
+
+Search
+------
+Each role's search starts at the closed-form lower bound (prefill: the smallest count with
+utilization below 1, :math:`\lfloor \lambda E[S] \rfloor + 1`; decode: the output rate over
+the best per-instance throughput within the batch and KV limits), then gallops upward (steps 1,
+2, 4, ...) and bisects, exploiting that predicted latency never increases with more replicas:
+about :math:`2 \log_2(n - n_0)` model evaluations. Nothing beyond :data:`MAX_SEARCH_REPLICAS`
+(or a larger ``maxReplicas``) is evaluated; a load that needs more is reported as such.
+
+Edges
+-----
+* An SLO no count can meet (TTFT not above the zero-load TTFT, TPOT below the single-request
+  TPOT, a sequence larger than the KV cache) is infeasible with the count left at the lower
+  bound (within the replica bounds) and binding ``ttft_floor`` / ``tpot_floor`` / ``kv_cache``.
+* A count whose own prediction is overloaded (prefill utilization >= 1, unbounded TPOT or a
+  hard decode limit, e.g. after rounding down a fractional count) is infeasible, binding
+  ``overloaded``.
+* Inputs that are accepted but suspicious, or stretch a model beyond its data, give warnings
+  (:func:`input_warnings`); every effective input is echoed (:func:`effective_inputs`).
 """
 
 from __future__ import annotations
