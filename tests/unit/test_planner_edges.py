@@ -141,6 +141,10 @@ def test_paper_fit_guard_closed_forms() -> None:
     # A fit that turns down inside the range keeps its maximum (vertex at t = 20, value 400).
     turning = PaperDecodeFit((-1.0, 40.0, 0.0), 10.0, 30.0)
     assert turning.throughput_tokens_per_s(28.0) == pytest.approx(400.0)
+    # Inverse: the smallest TPOT reaching the rate; -t^2 + 40 t = 375 at t = 15 and t = 25.
+    assert turning.tpot_ms_at(375.0) == pytest.approx(15.0)
+    # A light load runs at the smallest measured TPOT (no extrapolation below it).
+    assert fit.tpot_ms_at(100.0) == 12.8
 
 
 # ------------------------------------------------------------------ overloaded yet feasible
