@@ -23,6 +23,7 @@ from planner.models import (
     predict_prefill,
 )
 from planner.optimize import (
+    MAX_SEARCH_REPLICAS,
     Budget,
     ModelChoice,
     Plan,
@@ -30,9 +31,14 @@ from planner.optimize import (
     ReplicaBounds,
     RolePlan,
     Rounding,
+    describe_sized_slo,
+    effective_inputs,
     first_decode_step_s,
+    input_warnings,
     plan,
     predict_at,
+    sized_percentile,
+    validate_replica_bounds,
 )
 from planner.profile import (
     DecodeCurve,
@@ -41,11 +47,23 @@ from planner.profile import (
     PrefillCurve,
     PrefillPoint,
     ProfileSet,
+    canonical_gpu_type,
 )
-from planner.workload import SLO, LengthDistribution, Trace, Workload, parse_trace_csv
+from planner.workload import (
+    SLO,
+    LengthDistribution,
+    Trace,
+    Workload,
+    parse_percentile,
+    parse_timestamp_s,
+    parse_trace,
+    parse_trace_csv,
+    parse_trace_jsonl,
+)
 
 __all__ = [
     "DECODE_MODELS",
+    "MAX_SEARCH_REPLICAS",
     "PREFILL_MODELS",
     "ROLES",
     "SLO",
@@ -70,16 +88,26 @@ __all__ = [
     "TTFTBudget",
     "Trace",
     "Workload",
+    "canonical_gpu_type",
+    "describe_sized_slo",
     "dump_profile_document",
+    "effective_inputs",
     "first_decode_step_s",
     "import_aiconfigurator_csv",
     "import_dynamo_npz",
     "import_paper_table",
+    "input_warnings",
     "merge_profile_sets",
+    "parse_percentile",
     "parse_profile_document",
+    "parse_timestamp_s",
+    "parse_trace",
     "parse_trace_csv",
+    "parse_trace_jsonl",
     "plan",
     "predict_at",
     "predict_decode",
     "predict_prefill",
+    "sized_percentile",
+    "validate_replica_bounds",
 ]

@@ -17,12 +17,15 @@ ROLES: tuple[Role, Role] = ("prefill", "decode")
 """Both roles, prefill first (the order of every per-role table and loop)."""
 
 
-def replica_bounds_problem(min_replicas: int, max_replicas: int | None) -> str | None:
+def replica_bounds_problem(
+    min_replicas: int, max_replicas: int | None, field: str = ""
+) -> str | None:
     """What is wrong with a ``minReplicas``/``maxReplicas`` pair, or ``None`` when it is valid.
 
     The rule, everywhere bounds are given (planner, control rules, PDDeployment spec, CLI):
     ``minReplicas >= 0``; ``maxReplicas`` absent (no cap) or ``>= 1`` (a cap of 0 would switch
-    a role off, which no SLO allows) and ``>= minReplicas``.
+    a role off, which no SLO allows) and ``>= minReplicas``. ``field`` prefixes the names in the
+    message (e.g. ``spec.prefill``).
 
     Examples
     --------
@@ -30,17 +33,22 @@ def replica_bounds_problem(min_replicas: int, max_replicas: int | None) -> str |
     True
     >>> replica_bounds_problem(3, 2)
     'maxReplicas=2 is below minReplicas=3'
-    >>> replica_bounds_problem(0, 0)
-    'maxReplicas=0: a role needs at least one replica (maxReplicas >= 1)'
+    >>> print(replica_bounds_problem(0, 0, "spec.decode"))  # doctest: +NORMALIZE_WHITESPACE
+    spec.decode.maxReplicas=0 must be >= 1: a role needs a replica to serve
+    (omit maxReplicas for no cap)
     """
+    prefix = f"{field}." if field else ""
     if min_replicas < 0:
-        return f"minReplicas={min_replicas} must be >= 0"
+        return f"{prefix}minReplicas={min_replicas} must be >= 0"
     if max_replicas is None:
         return None
     if max_replicas < 1:
-        return f"maxReplicas={max_replicas}: a role needs at least one replica (maxReplicas >= 1)"
+        return (
+            f"{prefix}maxReplicas={max_replicas} must be >= 1: a role needs a replica to serve "
+            "(omit maxReplicas for no cap)"
+        )
     if max_replicas < min_replicas:
-        return f"maxReplicas={max_replicas} is below minReplicas={min_replicas}"
+        return f"{prefix}maxReplicas={max_replicas} is below {prefix}minReplicas={min_replicas}"
     return None
 
 

@@ -12,15 +12,17 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from scipy.optimize import nnls
+from scipy.optimize import isotonic_regression, nnls
 
 FloatArray = npt.NDArray[np.float64]
 
 
 def isotonic_increasing(y: FloatArray, weights: FloatArray | None = None) -> FloatArray:
-    r"""Least-squares non-decreasing fit of ``y`` (pool-adjacent-violators algorithm).
+    r"""Least-squares non-decreasing fit of ``y`` (isotonic regression).
 
-    Solves :math:`\min_z \sum_i w_i (y_i - z_i)^2` subject to :math:`z_1 \le z_2 \le \dots`.
+    Solves :math:`\min_z \sum_i w_i (y_i - z_i)^2` subject to :math:`z_1 \le z_2 \le \dots`
+    with SciPy's pool-adjacent-violators solver (:func:`scipy.optimize.isotonic_regression`,
+    SciPy >= 1.12). Each fitted value is the weighted mean of a block of adjacent observations.
 
     Parameters
     ----------
@@ -34,27 +36,21 @@ def isotonic_increasing(y: FloatArray, weights: FloatArray | None = None) -> Flo
     ndarray
         The fitted non-decreasing sequence, same length as ``y``.
 
+    References
+    ----------
+    Barlow, Bartholomew, Bremner, Brunk, *Statistical Inference under Order Restrictions*
+    (1972), the pool-adjacent-violators algorithm.
+
     Examples
     --------
     >>> isotonic_increasing(np.array([1.0, 3.0, 2.0, 4.0])).tolist()
     [1.0, 2.5, 2.5, 4.0]
     """
     values = np.asarray(y, dtype=np.float64)
-    w = np.ones_like(values) if weights is None else np.asarray(weights, dtype=np.float64)
-    block_mean: list[float] = []
-    block_weight: list[float] = []
-    block_size: list[int] = []
-    for value, weight in zip(values.tolist(), w.tolist(), strict=True):
-        block_mean.append(value)
-        block_weight.append(weight)
-        block_size.append(1)
-        while len(block_mean) > 1 and block_mean[-2] > block_mean[-1]:
-            total = block_weight[-2] + block_weight[-1]
-            merged = (block_mean[-2] * block_weight[-2] + block_mean[-1] * block_weight[-1]) / total
-            size = block_size[-2] + block_size[-1]
-            del block_mean[-1], block_weight[-1], block_size[-1]
-            block_mean[-1], block_weight[-1], block_size[-1] = merged, total, size
-    return np.repeat(np.array(block_mean), np.array(block_size)).astype(np.float64)
+    if values.size == 0:
+        return values.copy()
+    w = None if weights is None else np.asarray(weights, dtype=np.float64)
+    return np.asarray(isotonic_regression(values, weights=w, increasing=True).x, dtype=np.float64)
 
 
 @dataclass(frozen=True)

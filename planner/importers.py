@@ -39,6 +39,7 @@ from planner.profile import (
     PrefillPoint,
     ProfileMetadata,
     ProfileSet,
+    canonical_gpu_type,
 )
 
 
@@ -201,7 +202,8 @@ def import_dynamo_npz(prefill_npz: bytes, decode_npz: bytes, name: str | None = 
     decode = dict(np.load(io.BytesIO(decode_npz), allow_pickle=False))
     tp = int(_npz_scalar(prefill, "tp", 1))
     gpus = tp * int(_npz_scalar(prefill, "pp", 1)) * int(_npz_scalar(prefill, "dp", 1))
-    gpu_type = str(_npz_scalar(prefill, "gpu_type", "unknown"))
+    gpu_type = _gpu(str(_npz_scalar(prefill, "gpu_type", "unknown")), "prefill.npz:gpu_type")
+    model = str(_npz_scalar(prefill, "model", "unknown"))
     isl = _npz_vector(prefill, "prefill_isl", "prefill.npz")
     ttft_ms = _npz_vector(prefill, "prefill_ttft", "prefill.npz")
     thpt_per_gpu = _npz_vector(prefill, "prefill_thpt_per_gpu", "prefill.npz")
@@ -234,7 +236,7 @@ def import_dynamo_npz(prefill_npz: bytes, decode_npz: bytes, name: str | None = 
     )
     config = name or f"{gpu_type}-tp{tp}"
     metadata = ProfileMetadata(
-        model=str(_npz_scalar(prefill, "model", "unknown")),
+        model=model,
         engine=str(_npz_scalar(prefill, "framework", "unknown")),
         engine_version=str(_npz_scalar(prefill, "framework_version", "unknown")),
         hardware=gpu_type,
@@ -249,6 +251,7 @@ def import_dynamo_npz(prefill_npz: bytes, decode_npz: bytes, name: str | None = 
                     role="prefill",
                     gpu_type=gpu_type,
                     gpus_per_instance=gpus,
+                    model=_known(model),
                     parallelism=Parallelism(tensor=tp),
                     prefill=PrefillCurve(points=prefill_points),
                 ),
@@ -257,6 +260,7 @@ def import_dynamo_npz(prefill_npz: bytes, decode_npz: bytes, name: str | None = 
                     role="decode",
                     gpu_type=gpu_type,
                     gpus_per_instance=decode_gpus,
+                    model=_known(model),
                     parallelism=Parallelism(tensor=decode_tp),
                     decode=DecodeCurve(points=decode_points, kv_cache_capacity_tokens=max_kv),
                 ),
@@ -300,6 +304,7 @@ def import_aiconfigurator_csv(
     in the instance's memory. The largest batch that fits becomes the batch limit, and the largest
     ``batch * context`` that fits a (conservative) KV-cache capacity in tokens.
     """
+    gpu_type = _gpu(gpu_type, "gpu_type")
     prefill_rows = _read_csv(prefill_csv, _AIC_PREFILL_COLUMNS, "prefill.csv")
     decode_rows = _read_csv(decode_csv, _AIC_DECODE_COLUMNS, "decode.csv")
     prefill_by_tp: dict[int, dict[int, dict[str, float]]] = {}
@@ -349,6 +354,7 @@ def import_aiconfigurator_csv(
                     role="prefill",
                     gpu_type=gpu_type,
                     gpus_per_instance=tp,
+                    model=_known(model),
                     parallelism=Parallelism(tensor=tp),
                     prefill=PrefillCurve(points=points),
                 )
@@ -364,6 +370,7 @@ def import_aiconfigurator_csv(
                     role="decode",
                     gpu_type=gpu_type,
                     gpus_per_instance=tp,
+                    model=_known(model),
                     parallelism=Parallelism(tensor=tp),
                     decode=DecodeCurve(
                         points=points_d,
@@ -419,6 +426,7 @@ def import_paper_table(
         _check_number(f"decode_batch[{index}]", b)
         _check_number(f"decode_tpot_ms[{index}]", t)
     _check_number("prefill_max_throughput_tokens_per_s", prefill_max_throughput_tokens_per_s)
+    gpu_type = _gpu(gpu_type, "gpu_type")
     try:
         return ProfileSet(
             metadata=ProfileMetadata(source="paper benchmark table"),
@@ -461,6 +469,29 @@ def import_paper_table(
 
 
 def merge_profile_sets(*sets: ProfileSet) -> ProfileSet:
-    """Combine profile sets (e.g. one per GPU type) into one; instance keys must stay unique."""
-    instances = tuple(i for s in sets for i in s.instances)
+    """Combine profile sets (e.g. one per GPU type) into one; instance keys must stay unique.
+
+    Each instance keeps the model it serves: an instance without one takes its set's
+    ``metadata.model`` (when known), so a plan can warn when different models are combined.
+    """
+    instances = tuple(
+        i
+        if i.model is not None or _known(s.metadata.model) is None
+        else i.model_copy(update={"model": s.metadata.model})
+        for s in sets
+        for i in s.instances
+    )
     return complete_profile_set(sets[0].metadata, instances)
+
+
+def _known(model: str) -> str | None:
+    """``None`` for a model name that says nothing (empty or ``unknown``)."""
+    return None if model.strip().lower() in ("", "unknown") else model
+
+
+def _gpu(name: str, field: str) -> str:
+    """The canonical GPU type (:func:`~planner.profile.canonical_gpu_type`), or a format error."""
+    try:
+        return canonical_gpu_type(name)
+    except ValueError as exc:
+        raise ProfileFormatError(f"{field}: {exc}") from None

@@ -131,7 +131,9 @@ class DecodePrediction:
     batch_mean: float
     batch_at_percentile: float
     kv_usage_fraction: float
-    limit: str | None  # "batch_limit" or "kv_cache" when a hard limit is exceeded
+    #: "batch_limit" or "kv_cache" when a hard limit is exceeded; "fit_domain" when the paper
+    #: model's fit cannot give the per-instance rate within its measured TPOT range.
+    limit: str | None
 
     @property
     def within_limits(self) -> bool:
@@ -290,19 +292,114 @@ def paper_decode_fit(curve: DecodeCurve, context_tokens: float) -> np.ndarray:
     Uses the measured points at the context row nearest ``context_tokens`` (raw, not the
     monotone fit, as the paper does). Returns coefficients, highest power first.
     """
+    return np.asarray(paper_decode_model(curve, context_tokens).coefficients, dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class PaperDecodeFit:
+    r"""The paper's decode fit :math:`TP_D(t)` with the TPOT range it was measured on.
+
+    A degree-2 polynomial fitted to a few points is only meaningful on the measured range
+    :math:`[t_{min}, t_{max}]`: beyond it the parabola turns down (relaxing the TPOT target
+    would *lower* the throughput and raise the replica count) and eventually goes negative.
+    The fit is therefore evaluated as
+
+    .. math:: TP_D^*(t) = \max_{t_{min} \le u \le \min(t, t_{max})} TP_D(u)
+
+    — clamped to the measured range, and a running maximum (a pool allowed a TPOT of ``t``
+    may run at any smaller TPOT), so it never decreases as the target is relaxed.
+
+    Attributes
+    ----------
+    coefficients : tuple of float
+        Highest power first (``numpy.polyval`` order).
+    tpot_min_ms, tpot_max_ms : float
+        The smallest and largest TPOT measured in the fitted row.
+
+    Examples
+    --------
+    >>> fit = PaperDecodeFit((-1.0, 40.0, 0.0), 10.0, 30.0)   # peak 400 at t = 20
+    >>> fit.throughput_tokens_per_s(15.0), fit.throughput_tokens_per_s(25.0)
+    (375.0, 400.0)
+    >>> fit.tpot_ms_at(375.0), fit.tpot_ms_at(500.0)
+    (15.0, inf)
+    """
+
+    coefficients: tuple[float, ...]
+    tpot_min_ms: float
+    tpot_max_ms: float
+
+    def raw(self, tpot_ms: float) -> float:
+        """The fitted polynomial itself (no domain guard)."""
+        return float(np.polyval(np.asarray(self.coefficients), tpot_ms))
+
+    def clamped_tpot_ms(self, tpot_ms: float) -> float:
+        """The TPOT at which the fit is evaluated for a target: at most the largest measured."""
+        return min(tpot_ms, self.tpot_max_ms)
+
+    def throughput_tokens_per_s(self, tpot_ms: float) -> float:
+        """:math:`TP_D^*(t)`; ``-inf`` for a target below the smallest measured TPOT."""
+        if tpot_ms < self.tpot_min_ms:
+            return -math.inf
+        high = self.clamped_tpot_ms(tpot_ms)
+        candidates = [self.tpot_min_ms, high]
+        if len(self.coefficients) == 3 and self.coefficients[0] != 0:
+            vertex = -self.coefficients[1] / (2.0 * self.coefficients[0])
+            if self.tpot_min_ms < vertex < high:
+                candidates.append(vertex)
+        return max(self.raw(t) for t in candidates)
+
+    def tpot_ms_at(self, tokens_per_s: float) -> float:
+        r"""Smallest TPOT in the measured range with :math:`TP_D^*(t) \ge` ``tokens_per_s``.
+
+        ``inf`` when the throughput is beyond what the fit gives anywhere in the range.
+        """
+        if self.raw(self.tpot_min_ms) >= tokens_per_s:
+            return self.tpot_min_ms
+        *higher, constant = self.coefficients
+        constant -= tokens_per_s
+        candidates: list[float] = []
+        if len(higher) == 2 and higher[0] != 0:
+            a, b = higher
+            discriminant = b * b - 4.0 * a * constant
+            if discriminant >= 0:
+                root = math.sqrt(discriminant)
+                candidates = [(-b - root) / (2.0 * a), (-b + root) / (2.0 * a)]
+        elif higher and higher[-1] != 0:
+            candidates = [-constant / higher[-1]]
+        inside = [t for t in candidates if self.tpot_min_ms < t <= self.tpot_max_ms + 1e-9]
+        return min(inside) if inside else math.inf
+
+
+def paper_decode_model(curve: DecodeCurve, context_tokens: float) -> PaperDecodeFit:
+    """The paper's decode fit at the context row nearest ``context_tokens``, with its domain."""
+    fit: PaperDecodeFit = curve.memo(
+        ("paper_decode_fit", float(context_tokens)),
+        lambda: _paper_decode_model(curve, context_tokens),
+    )
+    return fit
+
+
+def _paper_decode_model(curve: DecodeCurve, context_tokens: float) -> PaperDecodeFit:
     contexts = sorted({p.context_tokens for p in curve.points})
     nearest = min(contexts, key=lambda c: abs(c - context_tokens))
     row = [p for p in curve.points if p.context_tokens == nearest]
     tpot = np.array([p.tpot_ms for p in row])
     throughput = np.array([p.batch_size * 1000.0 / p.tpot_ms for p in row])
     degree = min(2, len(row) - 1)
-    return np.asarray(np.polyfit(tpot, throughput, degree), dtype=np.float64)
+    coefficients = np.polyfit(tpot, throughput, degree)
+    return PaperDecodeFit(
+        tuple(float(c) for c in coefficients), float(tpot.min()), float(tpot.max())
+    )
 
 
 def paper_decode_throughput_tokens_per_s(
     instance: InstanceProfile, workload: Workload, slo: SLO
 ) -> float:
     """Decode throughput per instance at the TPOT target by the paper's polynomial fit.
+
+    Evaluated within the measured TPOT range (:class:`PaperDecodeFit`); ``-inf`` for a target
+    below the smallest measured TPOT.
 
     Examples
     --------
@@ -315,8 +412,8 @@ def paper_decode_throughput_tokens_per_s(
     1690.95
     """
     assert instance.decode is not None
-    coefficients = paper_decode_fit(instance.decode, workload.input_tokens.mean)
-    return float(np.polyval(coefficients, slo.tpot_ms))
+    fit = paper_decode_model(instance.decode, workload.input_tokens.mean)
+    return fit.throughput_tokens_per_s(slo.tpot_ms)
 
 
 def _mean_batch(
@@ -359,14 +456,17 @@ def predict_decode(
         return DecodePrediction(replicas, math.inf, math.inf, math.inf, math.inf, math.inf, None)
     per_instance = out_rate / replicas
     if model == "paper":
-        coefficients = paper_decode_fit(curve, workload.input_tokens.mean)
-        # Invert throughput(TPOT) = per-instance rate on the increasing branch of the fit.
-        roots = np.roots(coefficients - np.array([0.0] * (len(coefficients) - 1) + [per_instance]))
-        real = sorted(r.real for r in roots if abs(r.imag) < 1e-9 and r.real > 0)
-        tpot = real[0] if real else math.inf
+        # Invert the guarded fit (measured TPOT range only) at the per-instance rate.
+        tpot = paper_decode_model(curve, workload.input_tokens.mean).tpot_ms_at(per_instance)
+        if not math.isfinite(tpot):
+            return DecodePrediction(
+                replicas, math.inf, math.inf, math.inf, math.inf, math.inf, "fit_domain"
+            )
         batch = per_instance * tpot / 1000.0
         kv = _kv_fraction(curve, batch, context)
-        return DecodePrediction(replicas, tpot, tpot, batch, batch, kv, None)
+        return DecodePrediction(
+            replicas, tpot, tpot, batch, batch, kv, "kv_cache" if kv > kv_usage_limit else None
+        )
     batch, tpot_mean = _mean_batch(curve, per_instance, context)
     if not math.isfinite(batch):
         return DecodePrediction(

@@ -1,4 +1,4 @@
-"""The optimizer: integer prefill/decode replica counts at minimum GPU cost under the SLOs.
+r"""The optimizer: integer prefill/decode replica counts at minimum GPU cost under the SLOs.
 
 For every prefill configuration and every decode configuration in the profile set (several
 parallelism configs and GPU types per role), the smallest replica count meeting the role's SLO is
@@ -7,9 +7,27 @@ count when no prices are given) within the replica bounds and the GPU budget is 
 
 Prefill and decode are sized independently: TTFT depends on the prefill pool (and, when the
 first decode step is counted in TTFT, on the decode configuration's TPOT), TPOT on the decode
-pool only. Each role's search walks replica counts upward from the fluid lower bound
-(load / maximum throughput), exploiting that predicted latency never increases with more
-replicas.
+pool only (:func:`predict_at` applies the coupling at given counts).
+
+Search
+------
+Each role's search starts at the closed-form lower bound (prefill: the smallest count with
+utilization below 1, :math:`\lfloor \lambda E[S] \rfloor + 1`; decode: the output rate over
+the best per-instance throughput within the batch and KV limits), then gallops upward (steps 1,
+2, 4, ...) and bisects, exploiting that predicted latency never increases with more replicas:
+about :math:`2 \log_2(n - n_0)` model evaluations. Nothing beyond :data:`MAX_SEARCH_REPLICAS`
+(or a larger ``maxReplicas``) is evaluated; a load that needs more is reported as such.
+
+Edges
+-----
+* An SLO no count can meet (TTFT not above the zero-load TTFT, TPOT below the single-request
+  TPOT, a sequence larger than the KV cache) is infeasible with the count left at the lower
+  bound (within the replica bounds) and binding ``ttft_floor`` / ``tpot_floor`` / ``kv_cache``.
+* A count whose own prediction is overloaded (prefill utilization >= 1, unbounded TPOT or a
+  hard decode limit, e.g. after rounding down a fractional count) is infeasible, binding
+  ``overloaded``.
+* Inputs that are accepted but suspicious, or stretch a model beyond its data, give warnings
+  (:func:`input_warnings`); every effective input is echoed (:func:`effective_inputs`).
 """
 
 from __future__ import annotations
@@ -29,14 +47,14 @@ from planner.models import (
     PrefillPrediction,
     Router,
     TTFTBudget,
-    paper_decode_throughput_tokens_per_s,
+    paper_decode_model,
     paper_prefill_throughput_tokens_per_s,
     predict_decode,
     predict_prefill,
     prefill_service_moments,
 )
-from planner.profile import FrozenModel, InstanceProfile, ProfileSet
-from planner.workload import SLO, Workload
+from planner.profile import FrozenModel, InstanceProfile, ProfileSet, canonical_gpu_type
+from planner.workload import SLO, LengthDistribution, Workload
 
 MAX_SEARCH_REPLICAS = 100_000
 
@@ -75,15 +93,36 @@ class Rounding(FrozenModel):
         return self.rule
 
 
+def validate_replica_bounds(
+    min_replicas: int, max_replicas: int | None, field: str = ""
+) -> None:
+    """The replica-bounds rule, in one place: ``0 <= min``, ``max >= 1`` and ``min <= max``.
+
+    ``field`` prefixes the names in the message (e.g. ``spec.prefill``). Raises ``ValueError``
+    naming the field and the value.
+
+    Examples
+    --------
+    >>> validate_replica_bounds(1, 4)
+    >>> validate_replica_bounds(0, 0, "spec.decode")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: spec.decode.maxReplicas=0 must be >= 1: a role needs a replica to serve ...
+    """
+    problem = replica_bounds_problem(min_replicas, max_replicas, field)
+    if problem is not None:
+        raise ValueError(problem)
+
+
 class ReplicaBounds(FrozenModel):
-    min_replicas: int = Field(default=0, ge=0)
-    max_replicas: int | None = Field(default=None, ge=0)
+    """Replica bounds of one role (:func:`validate_replica_bounds` is the rule)."""
+
+    min_replicas: int = 0
+    max_replicas: int | None = None
 
     @model_validator(mode="after")
     def _ordered(self) -> ReplicaBounds:
-        problem = replica_bounds_problem(self.min_replicas, self.max_replicas)
-        if problem is not None:
-            raise ValueError(problem)
+        validate_replica_bounds(self.min_replicas, self.max_replicas)
         return self
 
 
@@ -119,10 +158,26 @@ class PlanRequest(FrozenModel):
 
     @model_validator(mode="after")
     def _prices_valid(self) -> PlanRequest:
+        seen: dict[str, str] = {}
         for gpu, price in self.gpu_prices_per_hour.items():
             if not math.isfinite(price) or price < 0:
                 raise ValueError(f"gpuPricesPerHour[{gpu}]={price!r} must be finite and >= 0")
+            try:
+                canonical = canonical_gpu_type(gpu)
+            except ValueError as exc:
+                raise ValueError(f"gpuPricesPerHour[{gpu}]: {exc}") from None
+            other = seen.get(canonical)
+            if other is not None and self.gpu_prices_per_hour[other] != price:
+                raise ValueError(
+                    f"gpuPricesPerHour[{gpu}]={price!r} and gpuPricesPerHour[{other}]="
+                    f"{self.gpu_prices_per_hour[other]!r} price the same GPU type {canonical!r}"
+                )
+            seen[canonical] = gpu
         return self
+
+    def prices_by_gpu_type(self) -> dict[str, float]:
+        """GPU prices keyed by :func:`~planner.profile.canonical_gpu_type`."""
+        return {canonical_gpu_type(k): v for k, v in self.gpu_prices_per_hour.items()}
 
     def __hash__(self) -> int:  # dict field: hash on the JSON form
         return hash(self.model_dump_json())
@@ -144,6 +199,7 @@ class RolePlan:
     reason: str
     predicted: PrefillPrediction | DecodePrediction
     predicted_one_fewer: PrefillPrediction | DecodePrediction | None
+    warnings: tuple[str, ...] = ()
 
     @property
     def gpus(self) -> int:
@@ -165,6 +221,8 @@ class Plan:
     rounding: str
     alternatives: tuple[dict[str, Any], ...] = field(default=())
     warnings: tuple[str, ...] = field(default=())
+    #: Every effective input the planner used (see :func:`effective_inputs`).
+    inputs: dict[str, Any] = field(default_factory=dict)
 
     @property
     def pd_ratio(self) -> float:
@@ -185,38 +243,47 @@ class Plan:
         return dict(clean(data))
 
 
-@dataclass(frozen=True)
-class _RoleResult:
-    plan: RolePlan
-    cost_per_hour: float
+#: Inputs outside these ranges are accepted but warned about (likely a unit or format slip).
+PLAUSIBLE_TTFT_MAX_S = 60.0
+PLAUSIBLE_TPOT_MIN_MS = 1.0
+PLAUSIBLE_TPOT_MAX_MS = 1000.0
+PLAUSIBLE_PERCENTILE_MIN = 0.5
 
 
 def _price(request: PlanRequest, instance: InstanceProfile) -> float:
+    """Price per GPU-hour of the instance's GPU type; GPU names compared in canonical form."""
     if not request.gpu_prices_per_hour:
         return 1.0  # no prices: minimize GPU count
-    if instance.gpu_type not in request.gpu_prices_per_hour:
+    prices = request.prices_by_gpu_type()
+    gpu = canonical_gpu_type(instance.gpu_type)
+    if gpu not in prices:
         raise ValueError(
             f"no price for GPU type {instance.gpu_type!r} (config {instance.key}); "
-            f"prices given for {sorted(request.gpu_prices_per_hour)}"
+            f"prices given for {sorted(prices)}"
         )
-    return request.gpu_prices_per_hour[instance.gpu_type]
+    return prices[gpu]
 
 
 def _search_min(meets: Any, start: int, cap: int) -> int | None:
-    """Smallest n in [start, cap] with meets(n) true, assuming monotonicity; None if none."""
+    """Smallest n in [start, cap] with meets(n) true, assuming monotonicity; None if none.
+
+    Galloping from ``start`` (steps 1, 2, 4, ... above it), then bisection: about
+    ``2 log2(n - start)`` evaluations, so a start at the closed-form lower bound keeps the search
+    short even at hundreds of thousands of replicas.
+    """
     start = max(start, 1)
     if start > cap:
         return None
     if meets(start):
         return start
-    low, high = start, start
+    low, step = start, 1
     while True:
-        high = min(low * 2, cap) if low > 0 else 1
+        high = min(low + step, cap)
         if meets(high):
             break
         if high >= cap:
             return None
-        low = high
+        low, step = high, step * 2
     while high - low > 1:
         middle = (low + high) // 2
         if meets(middle):
@@ -232,6 +299,46 @@ def _describe_ttft(pred: PrefillPrediction) -> str:
         f"{pred.compute_mean_s:.3f} + overhead {pred.overhead_mean_s:.3f} s mean), "
         f"utilization {pred.utilization:.0%}"
     )
+
+
+def _tag(percentile: float | None) -> str:
+    return "mean" if percentile is None else f"p{100 * percentile:g}"
+
+
+def sized_percentile(request: PlanRequest, role: Role) -> float | None:
+    """The percentile the role's model actually sizes: ``None`` (the mean) for mean models.
+
+    The ``paper`` prefill model and the ``paper`` and ``littles`` decode models size the mean
+    whatever percentile the SLO names; labels in reasons use this, and a warning says so.
+    """
+    if role == "prefill":
+        return None if request.models.prefill == "paper" else request.slo.ttft_percentile
+    if request.models.decode in ("paper", "littles"):
+        return None
+    return request.slo.tpot_percentile
+
+
+def describe_sized_slo(request: PlanRequest) -> str:
+    """The SLO as the models size it (``mean`` where a mean model stands in for a percentile).
+
+    Examples
+    --------
+    >>> from planner.paper import paper_request
+    >>> describe_sized_slo(paper_request(slo=SLO(ttft_s=2, ttft_percentile=0.9, tpot_ms=20)))
+    'TTFT mean <= 2 s (p90 asked; model paper sizes the mean), TPOT mean <= 20 ms'
+    """
+    parts = []
+    for role, name, target, unit, asked in (
+        ("prefill", "TTFT", request.slo.ttft_s, "s", request.slo.ttft_percentile),
+        ("decode", "TPOT", request.slo.tpot_ms, "ms", request.slo.tpot_percentile),
+    ):
+        sized = sized_percentile(request, role)  # type: ignore[arg-type]
+        text = f"{name} {_tag(sized)} <= {target:g} {unit}"
+        if sized != asked:
+            model = request.models.prefill if role == "prefill" else request.models.decode
+            text += f" ({_tag(asked)} asked; model {model} sizes the mean)"
+        parts.append(text)
+    return ", ".join(parts)
 
 
 def _no_queue_ttft_s(
@@ -262,59 +369,110 @@ def _no_queue_ttft_s(
     return float(own[order][index]) + fixed_s
 
 
+def first_decode_step_s(request: PlanRequest, decode: DecodePrediction) -> float:
+    """The first decode step counted in TTFT, seconds: the decode pool's mean TPOT, or 0.
+
+    TTFT includes the first decode step only when ``ttft_budget.include_first_decode_step`` is
+    set; it is the mean TPOT the decode pool is predicted to deliver (0 when that is unbounded).
+    This is the one coupling between the roles' predictions.
+    """
+    if request.ttft_budget.include_first_decode_step and math.isfinite(decode.tpot_mean_ms):
+        return decode.tpot_mean_ms / 1000.0
+    return 0.0
+
+
+def _instance(
+    request: PlanRequest, role: Role, config: InstanceProfile | str | None
+) -> InstanceProfile:
+    if isinstance(config, InstanceProfile):
+        return config
+    configs = request.prefill_configs if role == "prefill" else request.decode_configs
+    options = request.profiles.select(role, (config,) if config else configs)
+    if len(options) != 1:
+        raise ValueError(
+            f"{role}: {len(options)} configs {[i.name for i in options]} match; name one"
+        )
+    return options[0]
+
+
+def predict_at(
+    request: PlanRequest,
+    prefill_replicas: int,
+    decode_replicas: int,
+    prefill_config: InstanceProfile | str | None = None,
+    decode_config: InstanceProfile | str | None = None,
+) -> tuple[PrefillPrediction, DecodePrediction]:
+    """Predicted TTFT and TPOT at given replica counts, with the roles' coupling applied.
+
+    The decode pool is predicted first; when TTFT counts the first decode step, its mean TPOT
+    (:func:`first_decode_step_s`) enters the prefill prediction. A config is an instance
+    profile, a config name, or ``None`` when the request leaves one config for the role.
+
+    Examples
+    --------
+    >>> from planner.paper import paper_request
+    >>> p, d = predict_at(paper_request(), 3, 4)
+    >>> round(p.utilization, 3), round(d.tpot_ms, 2)
+    (0.906, 19.22)
+    """
+    p_inst = _instance(request, "prefill", prefill_config)
+    d_inst = _instance(request, "decode", decode_config)
+    decode = predict_decode(
+        request.models.decode,
+        d_inst,
+        decode_replicas,
+        request.workload,
+        request.slo,
+        request.router,
+        request.kv_usage_limit,
+    )
+    prefill = predict_prefill(
+        request.models.prefill,
+        p_inst,
+        prefill_replicas,
+        request.workload,
+        request.slo,
+        request.ttft_budget,
+        first_decode_step_s(request, decode),
+    )
+    return prefill, decode
+
+
+def _over_limit(bounds: ReplicaBounds) -> tuple[str, str]:
+    """The binding and the words for a count above the role's cap."""
+    if bounds.max_replicas is not None:
+        return "max_replicas", f"maxReplicas {bounds.max_replicas}"
+    return "search_limit", f"the planner's search limit of {MAX_SEARCH_REPLICAS} replicas"
+
+
 def plan_prefill(
     request: PlanRequest, instance: InstanceProfile, first_decode_step_s: float = 0.0
 ) -> RolePlan:
-    """Size the prefill pool for one instance configuration."""
+    """Size the prefill pool for one instance configuration.
+
+    The search starts at the closed-form lower bound (the smallest count with utilization
+    below 1) and gallops upward (:func:`_search_min`). An SLO no count can meet (TTFT at or
+    below the zero-load TTFT) leaves the count at that lower bound, infeasible, with binding
+    ``ttft_floor``; a count above the cap or the search limit is reported as such.
+    """
     assert instance.prefill is not None
     workload, slo, budget = request.workload, request.slo, request.ttft_budget
     model = request.models.prefill
     bounds = request.prefill_bounds
     cap = bounds.max_replicas if bounds.max_replicas is not None else MAX_SEARCH_REPLICAS
+    search_limit = max(cap, MAX_SEARCH_REPLICAS)  # a cap above the default limit widens it
     mean_s, _ = prefill_service_moments(instance.prefill, workload)
     fluid = workload.rate_per_s * mean_s
+    stable = math.floor(fluid) + 1  # the smallest count with utilization below 1
+    lower = min(max(stable, bounds.min_replicas, 1), cap)
+    target = f"TTFT {_tag(sized_percentile(request, 'prefill'))} {slo.ttft_s:g} s"
 
     def predict(n: int) -> PrefillPrediction:
         return predict_prefill(model, instance, n, workload, slo, budget, first_decode_step_s)
 
-    fractional: float | None = None
-    infeasible_reason: str | None = None
-    # The least TTFT any replica count can give: no queueing at all.
-    floor_ttft_s = _no_queue_ttft_s(request, instance, first_decode_step_s)
-    if model == "paper":
-        throughput = paper_prefill_throughput_tokens_per_s(instance, workload, slo, budget)
-        length = workload.input_tokens.mean
-        if throughput <= 0:
-            zero = length / float(instance.prefill.max_throughput_tokens_per_s(length))
-            infeasible_reason = (
-                f"TTFT {slo.ttft_s:g} s leaves {slo.ttft_s - budget.fixed_s():.3f} s after the "
-                f"{budget.fixed_s():.3f} s overhead, not more than the prefill service time "
-                f"{zero:.3f} s at {length:.0f} input tokens"
-            )
-        else:
-            fractional = workload.rate_per_s * length / throughput
-            needed: int | None = max(request.rounding.apply(fractional), 1)
-    elif slo.ttft_s <= floor_ttft_s + 1e-12:
-        tag = "mean" if slo.ttft_percentile is None else f"p{100 * slo.ttft_percentile:g}"
-        length = (
-            workload.input_tokens.mean
-            if slo.ttft_percentile is None
-            else workload.input_tokens.quantile(slo.ttft_percentile)
-        )
-        zero = float(instance.prefill.zero_load_latency_s(length))
-        infeasible_reason = (
-            f"TTFT {tag} {slo.ttft_s:g} s is not above the zero-load TTFT {floor_ttft_s:.3f} s "
-            f"(prefill {zero:.3f} s at {length:.0f} input tokens + overhead "
-            f"{floor_ttft_s - zero:.3f} s) on {instance.key}"
-        )
-    if infeasible_reason is None and model != "paper":
-        start = max(math.floor(fluid) + 1, bounds.min_replicas, 1)
-        needed = _search_min(lambda n: predict(n).ttft_s <= slo.ttft_s, start, MAX_SEARCH_REPLICAS)
-        if needed is None:
-            infeasible_reason = f"no replica count up to {MAX_SEARCH_REPLICAS} meets TTFT"
-    if infeasible_reason is not None:
-        replicas = cap if bounds.max_replicas is not None else max(math.ceil(fluid), 1)
-        pred = predict(replicas)
+    def result(
+        replicas: int, binding: str, feasible: bool, reason: str, fractional: float | None
+    ) -> RolePlan:
         return RolePlan(
             "prefill",
             instance.name,
@@ -323,54 +481,106 @@ def plan_prefill(
             replicas,
             fractional,
             fluid,
-            "ttft",
-            False,
-            infeasible_reason,
-            pred,
+            binding,
+            feasible,
+            reason,
+            predict(replicas),
             predict(replicas - 1) if replicas > 1 else None,
         )
-    assert needed is not None
+
+    fractional: float | None = None
+    # The least TTFT any replica count can give: no queueing at all.
+    floor_ttft_s = _no_queue_ttft_s(request, instance, first_decode_step_s)
+    if model == "paper":
+        throughput = paper_prefill_throughput_tokens_per_s(instance, workload, slo, budget)
+        length = workload.input_tokens.mean
+        if throughput <= 0:
+            zero = length / float(instance.prefill.max_throughput_tokens_per_s(length))
+            reason = (
+                f"TTFT {slo.ttft_s:g} s leaves {slo.ttft_s - budget.fixed_s():.3f} s after the "
+                f"{budget.fixed_s():.3f} s overhead, not more than the prefill service time "
+                f"{zero:.3f} s at {length:.0f} input tokens: no replica count meets it, "
+                f"replicas stay at the lower bound {lower}"
+            )
+            return result(lower, "ttft_floor", False, reason, None)
+        fractional = workload.rate_per_s * length / throughput
+        needed: int | None = max(request.rounding.apply(fractional), 1)
+    elif slo.ttft_s <= floor_ttft_s + 1e-12:
+        length = (
+            workload.input_tokens.mean
+            if slo.ttft_percentile is None
+            else workload.input_tokens.quantile(slo.ttft_percentile)
+        )
+        zero = float(instance.prefill.zero_load_latency_s(length))
+        reason = (
+            f"{target} is not above the zero-load TTFT {floor_ttft_s:.3f} s "
+            f"(prefill {zero:.3f} s at {length:.0f} input tokens + overhead "
+            f"{floor_ttft_s - zero:.3f} s) on {instance.key}: no replica count meets it, "
+            f"replicas stay at the lower bound {lower}"
+        )
+        return result(lower, "ttft_floor", False, reason, None)
+    else:
+        start = max(stable, bounds.min_replicas, 1)
+        needed = _search_min(lambda n: predict(n).ttft_s <= slo.ttft_s, start, search_limit)
+    binding_over, words_over = _over_limit(bounds)
+    if needed is None:
+        reason = (
+            f"prefill needs more than {search_limit} replicas of {instance.key} for "
+            f"{target} (lower bound {fluid:.0f}: load / maximum throughput), above {words_over}"
+        )
+        return result(cap, binding_over, False, reason, fractional)
     binding = "ttft"
     replicas = needed
     if replicas < bounds.min_replicas:
         replicas, binding = bounds.min_replicas, "min_replicas"
-    feasible = True
-    reason = f"{replicas} x {instance.key}: {_describe_ttft(predict(replicas))}"
     if replicas > cap:
         reason = (
-            f"prefill needs {replicas} replicas of {instance.key} for TTFT {slo.ttft_s:g} s, "
-            f"above maxReplicas {cap}"
+            f"prefill needs {replicas} replicas of {instance.key} for {target}, "
+            f"above {words_over}"
         )
-        replicas, binding, feasible = cap, "max_replicas", False
-    return RolePlan(
-        "prefill",
-        instance.name,
-        instance.gpu_type,
-        instance.gpus_per_instance,
-        replicas,
-        fractional,
-        fluid,
-        binding,
-        feasible,
-        reason,
-        predict(replicas),
-        predict(replicas - 1) if replicas > 0 else None,
+        return result(cap, binding_over, False, reason, fractional)
+    pred = predict(replicas)
+    if not math.isfinite(pred.ttft_s) or pred.utilization >= 1:
+        how = (
+            f" ({request.rounding.describe()} rounding of {fractional:.3f})"
+            if fractional is not None
+            else ""
+        )
+        reason = (
+            f"{replicas} x {instance.key}{how} is overloaded by the model's own prediction: "
+            f"utilization {pred.utilization:.0%}, the queue grows without bound"
+        )
+        return result(replicas, "overloaded", False, reason, fractional)
+    return result(
+        replicas, binding, True, f"{replicas} x {instance.key}: {_describe_ttft(pred)}", fractional
     )
 
 
 def plan_decode(request: PlanRequest, instance: InstanceProfile) -> RolePlan:
-    """Size the decode pool for one instance configuration."""
+    """Size the decode pool for one instance configuration.
+
+    As :func:`plan_prefill`: a galloping search from the fluid lower bound; a TPOT below the
+    single-request TPOT leaves the count at the lower bound with binding ``tpot_floor``. The
+    paper model is evaluated within its fit's measured TPOT range (a warning says when the
+    target lies beyond it), and its count is raised until the KV cache holds the batch.
+    """
     assert instance.decode is not None
     curve = instance.decode
     workload, slo = request.workload, request.slo
     model = request.models.decode
     bounds = request.decode_bounds
     cap = bounds.max_replicas if bounds.max_replicas is not None else MAX_SEARCH_REPLICAS
+    search_limit = max(cap, MAX_SEARCH_REPLICAS)  # a cap above the default limit widens it
     context = workload.mean_decode_context_tokens
     out_rate = workload.rate_per_s * workload.output_tokens.mean
-    # Fluid bound: every instance at its best throughput within its batch and KV limits.
+    # Fluid bound: every instance at its best throughput within its batch and KV limits (the
+    # KV limit is left out when the cache cannot hold even one sequence: that is refused below).
     limit_batch = float(curve.batch_limit)
-    if curve.kv_cache_capacity_tokens is not None:
+    kv_holds_one = (
+        curve.kv_cache_capacity_tokens is None
+        or context <= request.kv_usage_limit * curve.kv_cache_capacity_tokens
+    )
+    if curve.kv_cache_capacity_tokens is not None and kv_holds_one:
         limit_batch = min(
             limit_batch, request.kv_usage_limit * curve.kv_cache_capacity_tokens / context
         )
@@ -386,6 +596,9 @@ def plan_decode(request: PlanRequest, instance: InstanceProfile) -> RolePlan:
     )
     best_throughput = float(np.max(candidates * 1000.0 / curve.tpot_ms(candidates, context)))
     fluid = out_rate / best_throughput
+    lower = min(max(math.ceil(fluid - 1e-9), bounds.min_replicas, 1), cap)
+    target = f"TPOT {_tag(sized_percentile(request, 'decode'))} {slo.tpot_ms:g} ms"
+    warnings: list[str] = []
 
     def predict(n: int) -> DecodePrediction:
         return predict_decode(
@@ -396,40 +609,9 @@ def plan_decode(request: PlanRequest, instance: InstanceProfile) -> RolePlan:
         pred = predict(n)
         return pred.within_limits and pred.tpot_ms <= slo.tpot_ms
 
-    fractional: float | None = None
-    infeasible_reason: str | None = None
-    single = float(curve.tpot_ms(1.0, context))
-    needed: int | None = None
-    if single > slo.tpot_ms:
-        infeasible_reason = (
-            f"TPOT {slo.tpot_ms:g} ms is below the single-request TPOT {single:.2f} ms at "
-            f"context {context:.0f} tokens on {instance.key}"
-        )
-    elif (
-        curve.kv_cache_capacity_tokens is not None
-        and context > request.kv_usage_limit * curve.kv_cache_capacity_tokens
-    ):
-        infeasible_reason = (
-            f"one sequence's context {context:.0f} tokens exceeds the usable KV cache "
-            f"{request.kv_usage_limit * curve.kv_cache_capacity_tokens:.0f} tokens "
-            f"of {instance.key}"
-        )
-    elif model == "paper":
-        throughput = paper_decode_throughput_tokens_per_s(instance, workload, slo)
-        if throughput <= 0:
-            infeasible_reason = (
-                f"the paper's decode fit gives no throughput at TPOT {slo.tpot_ms:g} ms"
-            )
-        else:
-            fractional = out_rate / throughput
-            needed = max(request.rounding.apply(fractional), 1)
-    else:
-        start = max(math.floor(fluid), bounds.min_replicas, 1)
-        needed = _search_min(meets, start, MAX_SEARCH_REPLICAS)
-        if needed is None:
-            infeasible_reason = f"no replica count up to {MAX_SEARCH_REPLICAS} meets TPOT"
-    if infeasible_reason is not None or needed is None:
-        replicas = cap if bounds.max_replicas is not None else max(math.ceil(fluid), 1)
+    def result(
+        replicas: int, binding: str, feasible: bool, reason: str, fractional: float | None
+    ) -> RolePlan:
         return RolePlan(
             "decode",
             instance.name,
@@ -438,47 +620,270 @@ def plan_decode(request: PlanRequest, instance: InstanceProfile) -> RolePlan:
             replicas,
             fractional,
             fluid,
-            "tpot",
-            False,
-            str(infeasible_reason),
+            binding,
+            feasible,
+            reason,
             predict(replicas),
             predict(replicas - 1) if replicas > 1 else None,
+            tuple(warnings),
         )
-    replicas = needed
-    one_fewer = predict(replicas - 1) if replicas > 1 else None
+
+    fractional: float | None = None
+    needed: int | None = None
     binding = "tpot"
-    if one_fewer is not None and one_fewer.limit is not None and one_fewer.tpot_ms <= slo.tpot_ms:
-        binding = one_fewer.limit  # TPOT alone would allow fewer: a hard limit binds
+    single = float(curve.tpot_ms(1.0, context))
+    stays = f": no replica count meets it, replicas stay at the lower bound {lower}"
+    if single > slo.tpot_ms:
+        reason = (
+            f"{target} is below the single-request TPOT {single:.2f} ms at "
+            f"context {context:.0f} tokens on {instance.key}{stays}"
+        )
+        return result(lower, "tpot_floor", False, reason, None)
+    if not kv_holds_one:
+        assert curve.kv_cache_capacity_tokens is not None
+        reason = (
+            f"one sequence's context {context:.0f} tokens exceeds the usable KV cache "
+            f"{request.kv_usage_limit * curve.kv_cache_capacity_tokens:.0f} tokens "
+            f"of {instance.key}{stays}"
+        )
+        return result(lower, "kv_cache", False, reason, None)
+    binding_over, words_over = _over_limit(bounds)
+    if model == "paper":
+        fit = paper_decode_model(curve, workload.input_tokens.mean)
+        span = f"{fit.tpot_min_ms:g}-{fit.tpot_max_ms:g} ms"
+        if slo.tpot_ms < fit.tpot_min_ms:
+            reason = (
+                f"{target} is below the smallest TPOT the paper's decode fit was measured at "
+                f"({span}) on {instance.key}{stays}"
+            )
+            return result(lower, "tpot_floor", False, reason, None)
+        if slo.tpot_ms > fit.tpot_max_ms:
+            warnings.append(
+                f"decode {instance.key}: the paper's decode fit is evaluated at "
+                f"{fit.tpot_max_ms:g} ms, the largest TPOT measured, not at the target "
+                f"{slo.tpot_ms:g} ms: a degree-2 fit is not used outside its measured range "
+                f"{span}"
+            )
+        throughput = fit.throughput_tokens_per_s(slo.tpot_ms)
+        if throughput <= 0:
+            reason = (
+                f"the paper's decode fit gives {throughput:.1f} tokens/s (not > 0) at "
+                f"{target} on {instance.key}{stays}"
+            )
+            return result(lower, "tpot_floor", False, reason, None)
+        fractional = out_rate / throughput
+        needed = max(request.rounding.apply(fractional), 1)
+        if needed <= search_limit:
+            at_needed = predict(needed)
+            if not at_needed.within_limits:
+                # The fit knows no KV cache: raise the count until the batch fits.
+                binding = str(at_needed.limit)
+                needed = _search_min(
+                    lambda n: predict(n).within_limits, needed + 1, search_limit
+                )
+    else:
+        start = max(math.floor(fluid), bounds.min_replicas, 1)
+        needed = _search_min(meets, start, search_limit)
+        if needed is not None and needed > 1:
+            one_fewer = predict(needed - 1)
+            if one_fewer.limit is not None and one_fewer.tpot_ms <= slo.tpot_ms:
+                binding = one_fewer.limit  # TPOT alone would allow fewer: a hard limit binds
+    if needed is None:
+        reason = (
+            f"decode needs more than {search_limit} replicas of {instance.key} for "
+            f"{target} (lower bound {fluid:.0f}: load / best throughput), above {words_over}"
+        )
+        return result(cap, binding_over, False, reason, fractional)
+    replicas = needed
     if replicas < bounds.min_replicas:
         replicas, binding = bounds.min_replicas, "min_replicas"
-    feasible = True
+    if replicas > cap:
+        reason = (
+            f"decode needs {replicas} replicas of {instance.key} for {target}, "
+            f"above {words_over}"
+        )
+        return result(cap, binding_over, False, reason, fractional)
     pred = predict(replicas)
+    if not math.isfinite(pred.tpot_ms) or not pred.within_limits:
+        how = (
+            f" ({request.rounding.describe()} rounding of {fractional:.3f})"
+            if fractional is not None
+            else ""
+        )
+        reason = (
+            f"{replicas} x {instance.key}{how} is overloaded by the model's own prediction: "
+            f"TPOT {pred.tpot_ms:.2f} ms, batch {pred.batch_at_percentile:.1f}, "
+            f"KV {pred.kv_usage_fraction:.0%}, limit {pred.limit or 'none'}"
+        )
+        return result(replicas, "overloaded", False, reason, fractional)
     reason = (
         f"{replicas} x {instance.key}: TPOT {pred.tpot_ms:.2f} ms at batch "
         f"{pred.batch_at_percentile:.1f} (mean {pred.batch_mean:.1f}), "
         f"KV {pred.kv_usage_fraction:.0%}"
     )
-    if replicas > cap:
-        reason = (
-            f"decode needs {replicas} replicas of {instance.key} for TPOT {slo.tpot_ms:g} ms, "
-            f"above maxReplicas {cap}"
+    return result(replicas, binding, True, reason, fractional)
+
+
+def _model_of(profiles: ProfileSet, instance: InstanceProfile) -> str | None:
+    model = instance.model or profiles.metadata.model
+    return None if model.strip().lower() in ("", "unknown") else model
+
+
+def input_warnings(
+    request: PlanRequest,
+    prefill: InstanceProfile | None = None,
+    decode: InstanceProfile | None = None,
+) -> list[str]:
+    """Warnings about inputs the planner accepts but that are likely wrong or stretch a model.
+
+    * a percentile SLO given to a model that sizes the mean (``paper`` prefill and decode,
+      ``littles`` decode);
+    * a percentile below the median (``1.5`` meant as p1.5?), a TTFT target above
+      :data:`PLAUSIBLE_TTFT_MAX_S` or a TPOT outside
+      [:data:`PLAUSIBLE_TPOT_MIN_MS`, :data:`PLAUSIBLE_TPOT_MAX_MS`] (a unit slip?);
+    * profiles of different models in one plan;
+    * with ``prefill``/``decode`` given: input lengths above the prefill profile's largest
+      measured length, or a decode context above the largest measured context (the fits are
+      extrapolated there).
+    """
+    slo, models = request.slo, request.models
+    warnings: list[str] = []
+    if models.prefill == "paper" and slo.ttft_percentile is not None:
+        warnings.append(
+            f"prefill model 'paper' sizes the mean TTFT (M/M/1 mean sojourn): the "
+            f"{_tag(slo.ttft_percentile)} target {slo.ttft_s:g} s is applied to the mean, not to "
+            "the percentile; use mm1, mmc, mg1, mgc or ggc for a percentile"
         )
-        replicas, binding, feasible = cap, "max_replicas", False
-        pred = predict(replicas)
-    return RolePlan(
-        "decode",
-        instance.name,
-        instance.gpu_type,
-        instance.gpus_per_instance,
-        replicas,
-        fractional,
-        fluid,
-        binding,
-        feasible,
-        reason,
-        pred,
-        predict(replicas - 1) if replicas > 0 else None,
+    if models.decode in ("paper", "littles") and slo.tpot_percentile is not None:
+        warnings.append(
+            f"decode model {models.decode!r} sizes the mean TPOT: the "
+            f"{_tag(slo.tpot_percentile)} target {slo.tpot_ms:g} ms is applied to the mean, not "
+            "to the percentile; use poisson or poisson-wait for a percentile"
+        )
+    for name, value in (
+        ("ttftPercentile", slo.ttft_percentile),
+        ("tpotPercentile", slo.tpot_percentile),
+    ):
+        if value is not None and value < PLAUSIBLE_PERCENTILE_MIN:
+            warnings.append(
+                f"{name}={value:g} is {_tag(value)}, below the median: latency SLOs are p50 or "
+                "above (a percentile is a fraction here: 0.9 = p90)"
+            )
+    if slo.ttft_s > PLAUSIBLE_TTFT_MAX_S:
+        warnings.append(
+            f"TTFT target {slo.ttft_s:g} s is above {PLAUSIBLE_TTFT_MAX_S:g} s: "
+            "is it in milliseconds? (ttftS is in seconds)"
+        )
+    if slo.tpot_ms < PLAUSIBLE_TPOT_MIN_MS or slo.tpot_ms > PLAUSIBLE_TPOT_MAX_MS:
+        warnings.append(
+            f"TPOT target {slo.tpot_ms:g} ms is outside {PLAUSIBLE_TPOT_MIN_MS:g}-"
+            f"{PLAUSIBLE_TPOT_MAX_MS:g} ms: is it in seconds or microseconds? (tpotMs is in "
+            "milliseconds)"
+        )
+    considered = request.profiles.select("prefill", request.prefill_configs) + (
+        request.profiles.select("decode", request.decode_configs)
     )
+    served = {
+        f"{i.key} ({m})": m for i in considered if (m := _model_of(request.profiles, i))
+    }
+    if len(set(served.values())) > 1:
+        warnings.append(
+            f"profiles of different models are combined: {', '.join(sorted(served))}; a "
+            "deployment serves one model: plan each model with its own profiles"
+        )
+    if prefill is not None and prefill.prefill is not None:
+        longest = prefill.prefill.points[-1].input_tokens
+        lengths = request.workload.input_tokens
+        beyond = lengths.array > longest
+        if beyond.any():
+            warnings.append(
+                f"prefill {prefill.key}: {lengths.probabilities[beyond].sum():.1%} of requests "
+                f"have more input tokens (up to {lengths.array.max():.0f}) than the longest "
+                f"measured, {longest}: their prefill time is extrapolated from the fit"
+            )
+    if decode is not None and decode.decode is not None:
+        contexts = {p.context_tokens for p in decode.decode.points}
+        context = request.workload.mean_decode_context_tokens
+        if len(contexts) > 1 and context > max(contexts):
+            warnings.append(
+                f"decode {decode.key}: the mean decode context {context:.0f} tokens is above "
+                f"the largest measured, {max(contexts)}: TPOT is extrapolated in context"
+            )
+    return warnings
+
+
+def _distribution(lengths: LengthDistribution) -> dict[str, float]:
+    return {
+        "mean": lengths.mean,
+        "p50": lengths.quantile(0.5),
+        "p90": lengths.quantile(0.9),
+        "p99": lengths.quantile(0.99),
+        "max": float(lengths.array.max()),
+        "points": len(lengths.values),
+    }
+
+
+def _defaulted(model: FrozenModel, prefix: str = "") -> list[str]:
+    """Dotted names of the fields of ``model`` (and nested models) that took their default."""
+    names: list[str] = []
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if name not in model.model_fields_set:
+            names.append(prefix + name)
+        elif isinstance(value, FrozenModel) and not isinstance(value, (ProfileSet, Workload)):
+            names.extend(_defaulted(value, f"{prefix}{name}."))
+    return names
+
+
+def effective_inputs(request: PlanRequest) -> dict[str, Any]:
+    """Every input the planner used, in plain values, with the fields that took defaults.
+
+    Workload rate and length statistics, SLOs with their percentiles, TTFT overheads, arrival
+    dispersion, router, models, rounding, KV limit, the configs considered and the models
+    they serve, prices, budget and bounds. ``defaults`` lists (dotted) the fields that were
+    not given and fell back to the planner's defaults (e.g. ``slo.ttft_percentile``: mean).
+    """
+    workload, slo = request.workload, request.slo
+    prefill = request.profiles.select("prefill", request.prefill_configs)
+    decode = request.profiles.select("decode", request.decode_configs)
+    defaults = _defaulted(request)
+    defaults.extend(
+        f"workload.{n}"
+        for n in ("arrival_dispersion", "decode_context_tokens")
+        if n not in workload.model_fields_set
+    )
+    return {
+        "workload": {
+            "rate_per_s": workload.rate_per_s,
+            "input_tokens": _distribution(workload.input_tokens),
+            "output_tokens": _distribution(workload.output_tokens),
+            "decode_context_tokens": workload.mean_decode_context_tokens,
+            "arrival_dispersion": workload.arrival_dispersion,
+        },
+        "slo": {
+            "ttft_s": slo.ttft_s,
+            "ttft_percentile": _tag(slo.ttft_percentile),
+            "tpot_ms": slo.tpot_ms,
+            "tpot_percentile": _tag(slo.tpot_percentile),
+        },
+        "ttft_budget": request.ttft_budget.model_dump(),
+        "router": request.router,
+        "models": {"prefill": request.models.prefill, "decode": request.models.decode},
+        "rounding": request.rounding.describe(),
+        "kv_usage_limit": request.kv_usage_limit,
+        "configs": {
+            "prefill": [i.name for i in prefill],
+            "decode": [i.name for i in decode],
+        },
+        "profile_models": sorted(
+            {m for i in prefill + decode if (m := _model_of(request.profiles, i))}
+        ),
+        "gpu_prices_per_hour": dict(request.gpu_prices_per_hour),
+        "budget": request.budget.model_dump(),
+        "prefill_bounds": request.prefill_bounds.model_dump(),
+        "decode_bounds": request.decode_bounds.model_dump(),
+        "defaults": sorted(defaults),
+    }
 
 
 def plan(request: PlanRequest) -> Plan:
@@ -486,8 +891,9 @@ def plan(request: PlanRequest) -> Plan:
 
     Returns the cheapest feasible pair; when none is feasible, the pair that comes closest
     (fewest violated constraints, then lowest cost) with ``feasible=False`` and a reason in
-    numbers. The result names the binding constraint and gives predicted latencies at the
-    recommendation and with one replica fewer per role.
+    numbers. The result names the binding constraint, gives predicted latencies at the
+    recommendation and with one replica fewer per role, warns about inputs that stretch the
+    models (:func:`input_warnings`) and echoes every effective input (:func:`effective_inputs`).
 
     Examples
     --------
@@ -507,12 +913,13 @@ def plan(request: PlanRequest) -> Plan:
     decode_options = request.profiles.select("decode", request.decode_configs)
     decode_plans = [plan_decode(request, inst) for inst in decode_options]
     prefill_cache: dict[tuple[str, float], RolePlan] = {}
-    candidates: list[tuple[tuple[int, float, int], RolePlan, RolePlan, float]] = []
+    candidates: list[
+        tuple[tuple[int, float, int], RolePlan, RolePlan, float, InstanceProfile, InstanceProfile]
+    ] = []
     for d_inst, d_plan in zip(decode_options, decode_plans, strict=True):
         d_pred = d_plan.predicted
-        step_s = (
-            first_decode_step_s(request, d_pred) if isinstance(d_pred, DecodePrediction) else 0.0
-        )
+        assert isinstance(d_pred, DecodePrediction)
+        step_s = first_decode_step_s(request, d_pred)
         for p_inst in prefill_options:
             key = (p_inst.name, round(step_s, 9))
             if key not in prefill_cache:
@@ -529,11 +936,13 @@ def plan(request: PlanRequest) -> Plan:
                 and bool(request.gpu_prices_per_hour)
                 and cost > request.budget.max_cost_per_hour
             )
-            candidates.append(((violations, cost, gpus), p_plan, d_plan, cost))
+            candidates.append(((violations, cost, gpus), p_plan, d_plan, cost, p_inst, d_inst))
     candidates.sort(key=lambda c: c[0])
-    (violations, _, gpus), p_plan, d_plan, cost = candidates[0]
+    (violations, _, gpus), p_plan, d_plan, cost, p_chosen, d_chosen = candidates[0]
     priced = bool(request.gpu_prices_per_hour)
-    warnings: list[str] = []
+    warnings = input_warnings(request, p_chosen, d_chosen)
+    warnings.extend(p_plan.warnings)
+    warnings.extend(d_plan.warnings)
     feasible = violations == 0
     if not p_plan.feasible:
         binding, reason = f"prefill.{p_plan.binding}", p_plan.reason
@@ -542,21 +951,21 @@ def plan(request: PlanRequest) -> Plan:
     elif request.budget.max_gpus is not None and gpus > request.budget.max_gpus:
         binding = "budget.max_gpus"
         reason = (
-            f"the cheapest plan meeting {request.slo.describe()} needs {gpus} GPUs "
+            f"the cheapest plan meeting {describe_sized_slo(request)} needs {gpus} GPUs "
             f"({p_plan.replicas} x {p_plan.config} prefill + {d_plan.replicas} x {d_plan.config} "
             f"decode), above the budget of {request.budget.max_gpus} GPUs"
         )
     elif not feasible:
         binding = "budget.max_cost_per_hour"
         reason = (
-            f"the cheapest plan meeting {request.slo.describe()} costs {cost:.2f}/h, above the "
-            f"budget of {request.budget.max_cost_per_hour:.2f}/h"
+            f"the cheapest plan meeting {describe_sized_slo(request)} costs {cost:.2f}/h, "
+            f"above the budget of {request.budget.max_cost_per_hour:.2f}/h"
         )
     else:
         heavier = max((p_plan, d_plan), key=lambda r: r.gpus)
         binding = f"{heavier.role}.{heavier.binding}"
         reason = (
-            f"{request.slo.describe()} at {request.workload.rate_per_s:.3g} req/s: "
+            f"{describe_sized_slo(request)} at {request.workload.rate_per_s:.3g} req/s: "
             f"prefill {p_plan.reason}; decode {d_plan.reason}"
         )
     for role_plan, target, unit in (
@@ -586,7 +995,7 @@ def plan(request: PlanRequest) -> Plan:
             "cost_per_hour": c if priced else None,
             "feasible": key[0] == 0,
         }
-        for key, p, d, c in candidates[1:4]
+        for key, p, d, c, _, _ in candidates[1:4]
     )
     return Plan(
         feasible=feasible,
@@ -600,57 +1009,5 @@ def plan(request: PlanRequest) -> Plan:
         rounding=request.rounding.describe(),
         alternatives=alternatives,
         warnings=tuple(warnings),
+        inputs=effective_inputs(request),
     )
-
-
-def first_decode_step_s(request: PlanRequest, decode: DecodePrediction) -> float:
-    """The first decode step's share of TTFT, seconds: the one home of that coupling.
-
-    A request's first token is produced by the decode instance's first step after the KV
-    transfer, so with ``ttft_budget.include_first_decode_step`` the TTFT budget holds one mean
-    decode step (the decode prediction's mean TPOT); otherwise, or when decode is overloaded
-    (infinite TPOT), nothing.
-
-    Examples
-    --------
-    >>> from planner.paper import paper_profiles
-    >>> d = DecodePrediction(replicas=4, tpot_ms=18.0, tpot_mean_ms=16.4, batch_mean=20.0,
-    ...                      batch_at_percentile=20.0, kv_usage_fraction=0.1, limit=None)
-    >>> req = PlanRequest(workload=Workload.from_tokens_per_min(5e6, 6144, 512),
-    ...                   slo=SLO(ttft_s=2.0, tpot_ms=20.0), profiles=paper_profiles(),
-    ...                   ttft_budget=TTFTBudget(include_first_decode_step=True))
-    >>> round(first_decode_step_s(req, d), 6)
-    0.0164
-    >>> off = req.model_copy(update={"ttft_budget": TTFTBudget(include_first_decode_step=False)})
-    >>> first_decode_step_s(off, d)
-    0.0
-    """
-    if request.ttft_budget.include_first_decode_step and math.isfinite(decode.tpot_mean_ms):
-        return decode.tpot_mean_ms / 1000.0
-    return 0.0
-
-
-def predict_at(
-    request: PlanRequest, prefill_replicas: int, decode_replicas: int,
-    prefill_config: str | None = None, decode_config: str | None = None,
-) -> tuple[PrefillPrediction, DecodePrediction]:
-    """Predicted prefill and decode latencies of ``request``'s workload at the given counts.
-
-    The configurations default to the first of ``request.prefill_configs`` /
-    ``decode_configs`` (all of the role's profile when none is named). Decode is predicted
-    first: its mean step enters TTFT through :func:`first_decode_step_s`.
-    """
-    p_inst = request.profiles.select("prefill", request.prefill_configs)
-    d_inst = request.profiles.select("decode", request.decode_configs)
-    prefill = next((i for i in p_inst if i.name == prefill_config), p_inst[0])
-    decode = next((i for i in d_inst if i.name == decode_config), d_inst[0])
-    d_pred = predict_decode(
-        request.models.decode, decode, decode_replicas, request.workload, request.slo,
-        request.router, request.kv_usage_limit,
-    )
-    p_pred = predict_prefill(
-        request.models.prefill, prefill, prefill_replicas, request.workload, request.slo,
-        request.ttft_budget, first_decode_step_s(request, d_pred),
-    )
-    return p_pred, d_pred
-

@@ -32,8 +32,8 @@ DECODE_BATCH = (10, 20, 30, 40, 50, 60)
 DECODE_TPOT_MS = (12.8, 16.4, 18.8, 21.6, 23.9, 26.2)
 
 
-def paper_profiles() -> ProfileSet:
-    """The paper's benchmark tables as a profile set (config ``paper``, 8 x H200 per instance)."""
+def paper_profiles(name: str = "paper") -> ProfileSet:
+    """The paper's benchmark tables as a profile set (config ``name``, 8 x H200 per instance)."""
     return import_paper_table(
         input_tokens=INPUT_TOKENS,
         prefill_max_throughput_tokens_per_s=PREFILL_MAX_THROUGHPUT_TOKENS_PER_S,
@@ -41,7 +41,7 @@ def paper_profiles() -> ProfileSet:
         decode_tpot_ms=DECODE_TPOT_MS,
         gpus_per_instance=8,
         gpu_type="h200",
-        name="paper",
+        name=name,
     )
 
 

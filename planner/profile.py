@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import re
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -215,6 +216,15 @@ class DecodeCurve(FrozenModel):
     _row_cache: dict[float, tuple[list[float], list[float], float]] = PrivateAttr(
         default_factory=dict
     )
+    _memo: dict[Any, Any] = PrivateAttr(default_factory=dict)
+
+    def memo(self, key: Any, compute: Any) -> Any:
+        """``compute()`` once per ``key`` for this curve (derived fits such as the paper's)."""
+        if key not in self._memo:
+            if len(self._memo) >= 4096:
+                self._memo.clear()
+            self._memo[key] = compute()
+        return self._memo[key]
 
     def model_post_init(self, context: Any, /) -> None:
         contexts = sorted({p.context_tokens for p in self.points})
@@ -365,6 +375,34 @@ class DecodeCurve(FrozenModel):
         return {"tpot_max_residual_ms": self._max_residual_ms}
 
 
+_GPU_VENDORS = ("nvidia", "amd", "intel")
+_GPU_DEFAULT_VARIANT = re.compile(r"sxm\d*|\d+gb|hbm\d*e?")
+
+
+def canonical_gpu_type(name: str) -> str:
+    """One spelling per GPU type, used by every importer and by the GPU price lookup.
+
+    Lower case, words joined by ``_``; the vendor prefix and the parts that name the default
+    variant (SXM form factor, memory size, HBM generation) are dropped. Variants that perform
+    differently keep their word (``h100_pcie``, ``h100_nvl``). Raises ``ValueError`` when
+    nothing is left.
+
+    Examples
+    --------
+    >>> canonical_gpu_type("h200_sxm"), canonical_gpu_type("NVIDIA H200 SXM 141GB")
+    ('h200', 'h200')
+    >>> canonical_gpu_type("A100-SXM4-80GB"), canonical_gpu_type("H100-PCIe")
+    ('a100', 'h100_pcie')
+    """
+    words = [w for w in re.split(r"[\s_\-]+", name.strip().lower()) if w]
+    if words and words[0] in _GPU_VENDORS:
+        words = words[1:]
+    words = [w for w in words if not _GPU_DEFAULT_VARIANT.fullmatch(w)]
+    if not words:
+        raise ValueError(f"GPU type {name!r} names no GPU")
+    return "_".join(words)
+
+
 class InstanceProfile(FrozenModel):
     """One instance of one role in one parallelism configuration on one GPU type."""
 
@@ -374,6 +412,12 @@ class InstanceProfile(FrozenModel):
     role: Role
     gpu_type: str = Field(min_length=1, description="GPU type, matched against GPU prices.")
     gpus_per_instance: PositiveInt
+    model: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Model the instance serves, when known; a plan warns when profiles of "
+        "different models are combined.",
+    )
     parallelism: Parallelism = Parallelism()
     prefill: PrefillCurve | None = None
     decode: DecodeCurve | None = None

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
+import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -200,6 +202,60 @@ class SLO(FrozenModel):
         )
 
 
+#: Bare numbers from 1 up to this are refused as percentiles: ``1.5`` could be p1.5 or a
+#: mistyped fraction, and latency SLOs below the median are almost never meant.
+AMBIGUOUS_PERCENTILE_BELOW = 50.0
+
+
+def parse_percentile(text: str | float | None, field: str = "percentile") -> float | None:
+    """Read a percentile written as ``mean``, ``p90``, ``0.9`` or ``90`` into a fraction.
+
+    ``mean`` (or ``avg``, or ``None``) means the mean (``None``). ``pX`` is the X-th percentile
+    (0 < X < 100). A bare number in (0, 1) is a fraction; a bare number in [50, 100) is a
+    percent. A bare number in [1, 50) is refused as ambiguous (``1.5``: p1.5, or a slip for
+    0.15 or p15?); write it as ``pX`` if meant. Raises ``ValueError`` naming ``field``.
+
+    Examples
+    --------
+    >>> [parse_percentile(t) for t in ("p99", "0.9", "95", "mean")]
+    [0.99, 0.9, 0.95, None]
+    >>> parse_percentile("p1.5")
+    0.015
+    >>> parse_percentile("1.5", "ttftPercentile")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: ttftPercentile='1.5' is ambiguous: ...
+    """
+    if text is None:
+        return None
+    raw = str(text).strip().lower()
+    if raw in ("mean", "avg", "average"):
+        return None
+    prefixed = raw.startswith("p")
+    try:
+        value = float(raw[1:] if prefixed else raw)
+    except ValueError:
+        raise ValueError(
+            f"{field}={text!r} is not a percentile: use mean, p50, p90, p99 or a fraction (0.9)"
+        ) from None
+    if not math.isfinite(value):
+        raise ValueError(f"{field}={text!r} is not finite")
+    if prefixed:
+        if not 0 < value < 100:
+            raise ValueError(f"{field}={text!r}: pX needs 0 < X < 100")
+        return value / 100.0
+    if 0 < value < 1:
+        return value
+    if 1 <= value < AMBIGUOUS_PERCENTILE_BELOW:
+        raise ValueError(
+            f"{field}={text!r} is ambiguous: a fraction must be below 1 (0.9 = p90); write "
+            f"p{value:g} if the {value:g}th percentile is meant"
+        )
+    if AMBIGUOUS_PERCENTILE_BELOW <= value < 100:
+        return value / 100.0
+    raise ValueError(f"{field}={text!r} must be a fraction in (0, 1) or a percent in [50, 100)")
+
+
 @dataclass(frozen=True, eq=False)
 class Trace:
     """A request trace: arrival offsets (s, from the first request) and token lengths."""
@@ -259,11 +315,85 @@ class Trace:
         )
 
 
+_TIMESTAMP = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})[ T](\d{2}):(\d{2}):(\d{2})(\.\d+)?"
+    r"\s*(Z|[+-]\d{2}:?\d{2})?$",
+    re.IGNORECASE,
+)
+
+
+def parse_timestamp_s(text: str) -> float:
+    """Seconds since the Unix epoch of a wall-clock timestamp, in UTC unless it has an offset.
+
+    Accepts ``YYYY-MM-DD HH:MM:SS[.fraction][Z|±HH:MM]`` (``T`` may separate date and time).
+    A timestamp without an offset is read as UTC, never in the machine's local time zone: a
+    local-time reading would shift arrivals across a daylight-saving change by an hour. Any
+    number of fractional digits is kept (the Azure traces have seven).
+
+    Raises ``ValueError`` naming the text when it is not such a timestamp.
+
+    Examples
+    --------
+    >>> parse_timestamp_s("1970-01-01 00:00:01.2500000")
+    1.25
+    >>> parse_timestamp_s("2023-03-12 03:00:01") - parse_timestamp_s("2023-03-12 01:59:59")
+    3602.0
+    >>> parse_timestamp_s("1970-01-01T01:00:00+01:00")
+    0.0
+    """
+    match = _TIMESTAMP.match(text.strip())
+    if match is None:
+        raise ValueError(f"{text!r} is not a timestamp (YYYY-MM-DD HH:MM:SS[.fff][+HH:MM])")
+    year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
+    fraction, offset = match.group(7), match.group(8)
+    try:
+        moment = datetime(year, month, day, hour, minute, second, tzinfo=UTC)
+    except ValueError as exc:
+        raise ValueError(f"{text!r} is not a valid date and time: {exc}") from None
+    seconds = moment.timestamp() + (float(fraction) if fraction else 0.0)
+    if offset and offset.upper() != "Z":
+        sign = -1.0 if offset[0] == "-" else 1.0
+        digits = offset[1:].replace(":", "")
+        seconds -= sign * (int(digits[:2]) * 3600 + int(digits[2:]) * 60)
+    return seconds
+
+
+def _positive_int(value: Any, where: str, field: str) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"{where}: {field}={value!r} is not an integer")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: {field}={value!r} is not an integer") from None
+    if not math.isfinite(number) or number != math.floor(number):
+        raise ValueError(f"{where}: {field}={value!r} is not an integer")
+    if number < 1:
+        raise ValueError(f"{where}: {field}={int(number)} must be >= 1")
+    return number
+
+
+def trace_from_rows(
+    arrival_s: Any, input_tokens: Any, output_tokens: Any, source: str = "trace"
+) -> Trace:
+    """A :class:`Trace` from absolute arrival times (s) and lengths: sorted, offset to zero."""
+    stamps = np.asarray(arrival_s, dtype=np.float64)
+    if stamps.size == 0:
+        raise ValueError(f"{source}: no rows")
+    order = np.argsort(stamps, kind="stable")
+    arrival = stamps[order]
+    return Trace(
+        arrival_s=arrival - arrival[0],
+        input_tokens=np.asarray(input_tokens, dtype=np.float64)[order],
+        output_tokens=np.asarray(output_tokens, dtype=np.float64)[order],
+    )
+
+
 def parse_trace_csv(text: str, source: str = "trace") -> Trace:
     """Parse a trace in the Azure LLM inference format.
 
-    Columns ``TIMESTAMP`` (wall clock, e.g. ``2023-11-16 18:15:46.6805900``), ``ContextTokens``
-    and ``GeneratedTokens``. Rows are sorted by time; lengths must be positive integers.
+    Columns ``TIMESTAMP`` (wall clock, e.g. ``2023-11-16 18:15:46.6805900``, read as UTC unless
+    it carries an offset: see :func:`parse_timestamp_s`), ``ContextTokens`` and
+    ``GeneratedTokens``. Rows are sorted by time; lengths must be positive integers.
 
     Examples
     --------
@@ -281,35 +411,70 @@ def parse_trace_csv(text: str, source: str = "trace") -> Trace:
     inputs: list[float] = []
     outputs: list[float] = []
     for line, row in enumerate(reader, start=2):
-        raw = row["TIMESTAMP"].strip()
+        where = f"{source} line {line}"
+        raw = (row["TIMESTAMP"] or "").strip()
         try:
-            head, _, fraction = raw.partition(".")
-            moment = datetime.strptime(head, "%Y-%m-%d %H:%M:%S")
-            seconds = moment.timestamp() + (float("0." + fraction) if fraction else 0.0)
-        except ValueError:
-            raise ValueError(
-                f"{source} line {line}: TIMESTAMP={raw!r} is not a timestamp"
-            ) from None
-        for column, bucket, minimum in (
-            ("ContextTokens", inputs, 1),
-            ("GeneratedTokens", outputs, 1),
-        ):
-            try:
-                value = int(row[column])
-            except (TypeError, ValueError):
-                raise ValueError(
-                    f"{source} line {line}: {column}={row[column]!r} is not an integer"
-                ) from None
-            if value < minimum:
-                raise ValueError(f"{source} line {line}: {column}={value} must be >= {minimum}")
-            bucket.append(float(value))
+            seconds = parse_timestamp_s(raw)
+        except ValueError as exc:
+            raise ValueError(f"{where}: TIMESTAMP={raw!r}: {exc}") from None
+        inputs.append(_positive_int(row["ContextTokens"], where, "ContextTokens"))
+        outputs.append(_positive_int(row["GeneratedTokens"], where, "GeneratedTokens"))
         stamps.append(seconds)
-    if not stamps:
-        raise ValueError(f"{source}: no rows")
-    order = np.argsort(np.asarray(stamps), kind="stable")
-    arrival = np.asarray(stamps)[order]
-    return Trace(
-        arrival_s=arrival - arrival[0],
-        input_tokens=np.asarray(inputs)[order],
-        output_tokens=np.asarray(outputs)[order],
-    )
+    return trace_from_rows(stamps, inputs, outputs, source)
+
+
+def parse_trace_jsonl(text: str, source: str = "trace") -> Trace:
+    """Parse a Mooncake-style JSON-lines trace: one request object per line.
+
+    Each line holds ``timestamp`` (arrival, milliseconds from any origin), ``input_length`` and
+    ``output_length`` (tokens, positive integers); other keys (e.g. ``hash_ids``) are ignored.
+    Blank lines are skipped. Errors name the line and the field.
+
+    Examples
+    --------
+    >>> t = parse_trace_jsonl('{"timestamp": 0, "input_length": 100, "output_length": 10}\\n'
+    ...                       '{"timestamp": 2500, "input_length": 300, "output_length": 30}\\n')
+    >>> t.duration_s, t.input_tokens.tolist()
+    (2.5, [100.0, 300.0])
+    """
+    stamps: list[float] = []
+    inputs: list[float] = []
+    outputs: list[float] = []
+    for line, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        where = f"{source} line {line}"
+        try:
+            row = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{where}: not a JSON object ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{where}: not a JSON object but {type(row).__name__}")
+        for key in ("timestamp", "input_length", "output_length"):
+            if key not in row:
+                raise ValueError(f"{where}: field {key!r} missing (have {sorted(row)})")
+        stamp = row["timestamp"]
+        if isinstance(stamp, bool) or not isinstance(stamp, (int, float)):
+            raise ValueError(f"{where}: timestamp={stamp!r} is not a number of milliseconds")
+        if not math.isfinite(stamp) or stamp < 0:
+            raise ValueError(f"{where}: timestamp={stamp!r} must be finite and >= 0 (ms)")
+        inputs.append(_positive_int(row["input_length"], where, "input_length"))
+        outputs.append(_positive_int(row["output_length"], where, "output_length"))
+        stamps.append(float(stamp) / 1000.0)
+    return trace_from_rows(stamps, inputs, outputs, source)
+
+
+def parse_trace(text: str, source: str = "trace") -> Trace:
+    """Parse a trace in either supported format, told apart by the first non-blank character.
+
+    ``{`` starts a Mooncake-style JSON-lines trace (:func:`parse_trace_jsonl`); anything else is
+    read as an Azure-format CSV (:func:`parse_trace_csv`).
+
+    Examples
+    --------
+    >>> parse_trace('{"timestamp": 0, "input_length": 5, "output_length": 2}').rate_per_s
+    nan
+    """
+    if text.lstrip().startswith("{"):
+        return parse_trace_jsonl(text, source)
+    return parse_trace_csv(text, source)

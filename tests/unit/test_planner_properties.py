@@ -192,7 +192,7 @@ def test_infeasible_ttft_is_explained_in_numbers() -> None:
     request = _request(0, 5.0, 0.2, 30.0, 0.9, "mgc", "poisson")
     result = plan(request)
     assert not result.feasible
-    assert result.binding_constraint == "prefill.ttft"
+    assert result.binding_constraint == "prefill.ttft_floor"
     assert "0.2 s is not above the zero-load TTFT" in result.reason
     assert "6144 input tokens" in result.reason
 

@@ -30,7 +30,8 @@ def test_dynamo_import_fits_monotone_curves() -> None:
     profiles = import_dynamo_npz(*_dynamo())
     prefill, decode = profiles.instances
     assert prefill.role == "prefill" and decode.role == "decode"
-    assert prefill.gpu_type == "h200_sxm" and prefill.gpus_per_instance == 1
+    assert prefill.gpu_type == "h200" and prefill.gpus_per_instance == 1  # npz says h200_sxm
+    assert prefill.name == "h200-tp1" and prefill.model == "nvidia/Llama-3.1-8B-Instruct-FP8"
     assert profiles.metadata.engine == "vllm" and profiles.metadata.engine_version == "0.10.1.1"
     assert decode.decode is not None and decode.decode.kv_cache_capacity_tokens == 945029
     lengths = np.linspace(100, 16372, 200)
@@ -184,3 +185,19 @@ def test_isotonic_is_least_squares_monotone() -> None:
     fit = isotonic_increasing(y)
     assert np.all(np.diff(fit) >= -1e-12)
     assert fit.mean() == pytest.approx(y.mean())  # PAVA preserves the mean
+
+
+def test_isotonic_weighted_pool_is_the_weighted_mean() -> None:
+    # One violating pair pools to its weighted mean: (3 * 1 + 1 * 3) / 4 = 1.5.
+    assert isotonic_increasing(np.array([3.0, 1.0]), np.array([1.0, 3.0])).tolist() == [1.5, 1.5]
+    # Already monotone data is returned unchanged.
+    assert isotonic_increasing(np.array([1.0, 2.0, 2.0, 5.0])).tolist() == [1.0, 2.0, 2.0, 5.0]
+    # Two separate violations: blocks {4, 2} -> 3 and {9, 5, 7} -> 7.
+    assert isotonic_increasing(np.array([0.0, 4.0, 2.0, 9.0, 5.0, 7.0])).tolist() == [
+        0.0,
+        3.0,
+        3.0,
+        7.0,
+        7.0,
+        7.0,
+    ]
