@@ -1,7 +1,7 @@
 # The pdscaler operator image. Build it with scripts/build-image.sh, which makes the two base
 # images from Debian bookworm packages (no registry needed) and passes them in:
 #   BASE_BUILD    bookworm + python3.11 + venv support (pip's wheel)
-#   BASE_RUNTIME  bookworm + python3.11 + CA certificates (no pip, no compilers)
+#   BASE_RUNTIME  bookworm + python3.11 + libstdc++6 + CA certificates (no pip, no compilers)
 # Any Debian bookworm image with python3.11 at /usr/bin/python3.11 works for both
 # (e.g. --build-arg BASE_BUILD=docker.io/library/debian:bookworm after installing python3.11-venv).
 ARG BASE_BUILD=localhost/pdscaler-base:build
@@ -41,6 +41,7 @@ FROM ${BASE_RUNTIME}
 RUN echo 'nonroot:x:65532:' >> /etc/group \
  && echo 'nonroot:x:65532:65532:pdscaler:/tmp:/usr/sbin/nologin' >> /etc/passwd
 COPY --from=app /opt/pdscaler /opt/pdscaler
+RUN /opt/pdscaler/bin/pdscaler --help > /dev/null
 ENV PATH=/opt/pdscaler/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

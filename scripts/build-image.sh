@@ -38,10 +38,11 @@ CA_BUNDLE="${CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}"
 NOFILE="${NOFILE:-$(ulimit -Hn)}"
 [[ "$NOFILE" == unlimited ]] && NOFILE=1048576
 
-# The Debian packages of each base. The runtime has the interpreter and CA certificates only
-# (no pip, no compilers); the build base adds venv support (pip's wheel) for the build stages.
-RUNTIME_PACKAGES="python3.11,ca-certificates"
-BUILD_PACKAGES="python3.11,python3.11-venv,ca-certificates"
+# The Debian packages of each base. The runtime has the interpreter, the C++ runtime that the
+# manylinux wheels (numpy, scipy) expect from the system, and CA certificates: no pip, no
+# compilers. The build base adds venv support (pip's wheel) for the build stages.
+RUNTIME_PACKAGES="python3.11,libstdc++6,ca-certificates"
+BUILD_PACKAGES="python3.11,python3.11-venv,libstdc++6,ca-certificates"
 KEY="bookworm-py311-$(printf '%s|%s' "$RUNTIME_PACKAGES" "$BUILD_PACKAGES" | sha256sum | cut -c1-8)"
 
 [[ $(id -u) -eq 0 ]] || die "run as root (mmdebstrap and rootful podman); in CI the image tests run as root"
@@ -91,6 +92,8 @@ make_base() {  # $1: runtime|build, $2: package list
     printf '%s' "$ref"
 }
 
+# Tarballs of other package lists are stale.
+find "$CACHE" -maxdepth 1 -name 'base-*.tar*' ! -name "base-*-$KEY.tar" -delete
 BASE_RUNTIME="$(make_base runtime "$RUNTIME_PACKAGES")"
 BASE_BUILD="$(make_base build "$BUILD_PACKAGES")"
 
