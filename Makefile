@@ -32,6 +32,7 @@ lint: venv
 	$(BIN)/mypy
 	$(BIN)/mypy tests benchmarks
 	$(BIN)/lint-imports
+	$(BIN)/hadolint Dockerfile
 
 test-unit: venv
 	$(BIN)/python -m pytest -q tests/unit --doctest-modules planner $(PYTEST_ARGS)

@@ -61,10 +61,10 @@ def alert_groups() -> list[dict[str, Any]]:
             f"< max by ({BY_OBJECT}) ({replicas.format(kind='planned')})",
             "10m", "warning",
             f"{obj}: {{{{ $labels.role }}}} runs fewer replicas than its SLOs need",
-            f"The planner needs {{{{ $labels.role }}}} replicas above the {{{{ $value }}}} "
+            "The planner needs {{ $labels.role }} replicas above the {{ $value }} "
             "running, for the observed workload to meet the TTFT/TPOT targets, and has for 10 "
             "minutes. Check the CapacityLimited condition, the mode (DryRun only recommends) "
-            f"and `kubectl describe pdd -n {{{{ $labels.namespace }}}} {{{{ $labels.name }}}}`.",
+            "and `kubectl describe pdd -n {{ $labels.namespace }} {{ $labels.name }}`.",
         ),
         _alert(
             "PDScalerLatencyAbovePrediction",

@@ -92,8 +92,8 @@ class Installed:
         return step
 
     def kubectl(self, key: str, *args: str, input: str | None = None) -> Step:
-        return self.run(key, [str(self.cp.bin_dir / "kubectl"), f"--kubeconfig={self.cp.kubeconfig}",
-                              *args], input=input)
+        kubectl = str(self.cp.bin_dir / "kubectl")
+        return self.run(key, [kubectl, f"--kubeconfig={self.cp.kubeconfig}", *args], input=input)
 
     def helm(self, key: str, *args: str) -> Step:
         return self.run(key, [str(helm_binary()), f"--kubeconfig={self.cp.kubeconfig}", *args])
@@ -164,7 +164,8 @@ def cluster_a_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Inst
         inst.helm("helm-dry-run", "install", "pdscaler", *common, "-n", "pdscaler",
                   "--create-namespace", "--dry-run=server")
         inst.helm("helm", "install", "pdscaler", *common, "-n", "pdscaler", "--create-namespace")
-        team = [*common, "-n", "team-ops", "--create-namespace", "--set", "watchNamespaces={team-a}"]
+        team = [*common, "-n", "team-ops", "--create-namespace",
+                "--set", "watchNamespaces={team-a}"]
         inst.helm("helm-team-dry-run", "install", "team", *team, "--dry-run=server")
         inst.helm("helm-team", "install", "team", *team)
         yield inst
@@ -328,7 +329,8 @@ def rbac_targets_fixture(cluster_a: Installed) -> KubeControlPlane:
     """A Deployment and a Secret in the watched team-a and in the unwatched team-b."""
     cp = cluster_a.cp
     for ns in ("team-a", "team-b"):
-        cp.kubectl("-n", ns, "create", "deployment", "victim", "--image=registry.k8s.io/pause:3.10")
+        cp.kubectl("-n", ns, "create", "deployment", "victim",
+                   "--image=registry.k8s.io/pause:3.10")
         cp.kubectl("-n", ns, "create", "secret", "generic", "token", "--from-literal=k=v")
     return cp
 
@@ -344,8 +346,8 @@ def test_service_account_is_refused_what_it_must_not_do(
         "delete a Deployment": ("-n", "team-a", "delete", "deployment", "victim", "--wait=false"),
         "read Secrets": ("-n", "team-a", "get", "secret", "token"),
         "list Secrets": ("-n", "team-a", "get", "secrets"),
-        "patch a Deployment's spec": ("-n", "team-a", "patch", "deployment", "victim", "--type=merge",
-                                      "-p", '{"spec":{"replicas":3}}'),
+        "patch a Deployment's spec": ("-n", "team-a", "patch", "deployment", "victim",
+                                      "--type=merge", "-p", '{"spec":{"replicas":3}}'),
         "patch a Deployment's image": ("-n", "team-a", "set", "image", "deployment/victim",
                                        "pause=registry.k8s.io/pause:3.9"),
         "list pods cluster-wide": ("get", "pods", "--all-namespaces"),
@@ -359,7 +361,7 @@ def test_service_account_is_refused_what_it_must_not_do(
         calls["list PDDeployments cluster-wide"] = ("get", "pdd", "--all-namespaces")
     for what, args in calls.items():
         result = kubectl_as(cp, kubeconfig, *args)
-        assert _refused(result), f"{release}: {what} was not refused: {result.stdout}{result.stderr}"
+        assert _refused(result), f"{release}: {what} not refused: {result.stdout}{result.stderr}"
     # Nothing changed.
     dep = json.loads(cp.kubectl("-n", "team-a", "get", "deployment", "victim", "-o",
                                 "json").stdout)

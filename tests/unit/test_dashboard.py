@@ -155,8 +155,8 @@ def test_service_monitors_keep_the_namespace_label() -> None:
     assert relabel["namespace"] == ["__meta_kubernetes_namespace"]
     assert relabel["role"] == ["__meta_kubernetes_pod_label_pdscaler_io_role"]
     # The operator Service the ServiceMonitor selects gives job="pdscaler", as the rules expect.
-    service = [d for d in yaml.safe_load_all((REPO / "deploy" / "operator.yaml").read_text())
-               if d and d["kind"] == "Service"][0]
+    service = next(d for d in yaml.safe_load_all((REPO / "deploy" / "operator.yaml").read_text())
+               if d and d["kind"] == "Service")
     assert service["metadata"]["labels"]["app.kubernetes.io/name"] == GEN.OPERATOR_JOB
     assert f'up{{job="{GEN.OPERATOR_JOB}"}}' in (OBS / "rules.yaml").read_text()
 
