@@ -30,6 +30,7 @@ import pytest
 
 from tests.components.kube import KubeControlPlane
 from tests.components.util import free_port
+from tests.integration.test_install import apply_example_with_ready_targets
 from tests.integration.test_operator_support import (  # noqa: F401 - fixtures
     REPO,
     operator_crds_fixture,
@@ -185,7 +186,7 @@ def test_operator_runs_read_only_with_in_cluster_credentials(container: dict[str
     assert "pdscaler_managed_objects" in metrics and "pdscaler_reconciles_total" in metrics
     cp: KubeControlPlane = container["cp"]
     ns = container["namespace"]
-    cp.kubectl("-n", ns, "apply", "-f", str(REPO / "deploy" / "examples" / "dryrun-static.yaml"))
+    apply_example_with_ready_targets(cp, ns)
 
     def recommended() -> tuple[int, int] | None:
         status = json.loads(cp.kubectl("-n", ns, "get", "pdd", "demo", "-o", "json").stdout

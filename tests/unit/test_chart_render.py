@@ -237,7 +237,9 @@ def test_cluster_wide_rbac_has_no_node_pod_or_secret_reads_by_default() -> None:
 def test_namespaced_rbac_is_a_role_per_watched_namespace() -> None:
     docs = render("--set", "watchNamespaces={team-a,team-b}")
     cluster = _rules(one(docs, "ClusterRole"))
-    assert cluster == {"apiextensions.k8s.io/customresourcedefinitions": {"list", "watch"}}
+    # Only kopf's discovery is cluster-wide: which CRDs and which namespaces exist.
+    assert cluster == {"apiextensions.k8s.io/customresourcedefinitions": {"list", "watch"},
+                       "/namespaces": {"list", "watch"}}
     roles = [d for d in docs if d["kind"] == "Role"]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     for role in roles:
