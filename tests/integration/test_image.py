@@ -55,6 +55,12 @@ def _nofile() -> str:
     return f"nofile={limit}:{limit}"
 
 
+# podman's default limits exceed what runc may set here (both would fail the start): the open
+# files at the host's hard limit, the processes of uid 65532 at a fixed, ample count.
+def limits() -> list[str]:
+    return ["--ulimit", _nofile(), "--ulimit", "nproc=4096:4096"]
+
+
 def podman(*args: str, check: bool = True, timeout_s: float = 120.0
            ) -> subprocess.CompletedProcess[str]:
     result = subprocess.run([*PODMAN, *args], capture_output=True, text=True,
@@ -86,7 +92,7 @@ def test_image_runs_as_65532_and_has_no_pip_or_compilers(image: str) -> None:
     assert config["User"] == f"{UID}:{UID}"
     assert config["Entrypoint"] == ["pdscaler"] and config["Cmd"] == ["operator", "run"]
     assert {"9808/tcp", "8080/tcp"} <= set(config["ExposedPorts"])
-    run = [*PODMAN, "run", "--rm", "--read-only", "--cap-drop=ALL", "--ulimit", _nofile(),
+    run = [*PODMAN, "run", "--rm", "--read-only", "--cap-drop=ALL", *limits(),
            "--network", "none", "--entrypoint", "/bin/sh", image, "-c"]
     ids = subprocess.run([*run, "id -u; id -g"], capture_output=True, text=True, timeout=60,
                          check=True).stdout.split()
@@ -100,7 +106,7 @@ def test_image_runs_as_65532_and_has_no_pip_or_compilers(image: str) -> None:
         "pip", "pip3", "gcc", "cc", "c++", "g++", "make", "ld", "apt-get")], tools
     # The console script works on the read-only filesystem (nothing written at import).
     version = subprocess.run([*PODMAN, "run", "--rm", "--read-only", "--cap-drop=ALL",
-                              "--ulimit", _nofile(), "--network", "none", image, "--help"],
+                              *limits(), "--network", "none", image, "--help"],
                              capture_output=True, text=True, timeout=60, check=False)
     assert version.returncode == 0 and "operator" in version.stdout, version.stderr
 
@@ -150,7 +156,7 @@ def container_fixture(
     secure = [
         "--read-only", "--read-only-tmpfs", "--cap-drop=ALL",
         "--security-opt", "no-new-privileges", "--user", f"{UID}:{UID}",
-        "--ulimit", _nofile(), "--network", "host",
+        *limits(), "--network", "host",
         "-e", "KUBERNETES_SERVICE_HOST=127.0.0.1", "-e", f"KUBERNETES_SERVICE_PORT={port}",
         "-v", f"{sa_dir}:{SA_MOUNT}:ro",
         "-e", f"PDSCALER_NAMESPACES={kube_namespace}", "-e", "PDSCALER_PEERING=pdscaler",
