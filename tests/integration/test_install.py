@@ -142,20 +142,12 @@ def run_ensure_peering(cp: KubeControlPlane, kubeconfig: Path,
                           timeout=60, env=env, check=False)
 
 
-def _fresh(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[KubeControlPlane]:
-    cp = start_control_plane(tmp_path_factory.mktemp(name))
-    try:
-        yield cp
-    finally:
-        cp.stop()
-
-
 # ----------------------------------------------------------------------------- cluster A
 
 
 @pytest.fixture(name="cluster_a", scope="module")
 def cluster_a_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
-    for cp in _fresh(tmp_path_factory, "fresh-a"):
+    with start_control_plane(tmp_path_factory.mktemp("fresh-a")) as cp:
         inst = Installed(cp)
         # One go on the fresh cluster. (Its server-side dry-run needs the namespace to exist:
         # done on cluster B.)
@@ -343,11 +335,12 @@ def test_namespaced_operator_writes_a_dry_run_recommendation(
 # ----------------------------------------------------------------------------- RBAC
 
 
-FORBIDDEN = "(Forbidden)"
+# kubectl's two ways of reporting a 403 from the API server.
+FORBIDDEN = ("Error from server (Forbidden)", " is forbidden: User ")
 
 
 def _refused(result: subprocess.CompletedProcess[str]) -> bool:
-    return result.returncode != 0 and (FORBIDDEN in result.stderr or " is forbidden: User " in result.stderr)
+    return result.returncode != 0 and any(text in result.stderr for text in FORBIDDEN)
 
 
 @pytest.fixture(name="rbac_targets", scope="module")
@@ -426,7 +419,7 @@ def test_node_and_pod_reads_only_when_enabled(cluster_a: Installed, tmp_path: Pa
 
 @pytest.fixture(name="cluster_b", scope="module")
 def cluster_b_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
-    for cp in _fresh(tmp_path_factory, "fresh-b"):
+    with start_control_plane(tmp_path_factory.mktemp("fresh-b")) as cp:
         inst = Installed(cp)
         # The "running locally" steps of docs/install.md.
         kubectl = str(cp.bin_dir / "kubectl")

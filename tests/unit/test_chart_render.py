@@ -8,6 +8,7 @@ Needs the pinned helm of scripts/install-helm.sh (skipped when it is not built).
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -273,3 +274,42 @@ def test_kustomization_lists_only_crds_and_builtin_kinds() -> None:
         for doc in yaml.safe_load_all((DEPLOY / path).read_text()):
             if doc:
                 assert doc["apiVersion"] in builtin, f"{path}: {doc['kind']}"
+
+
+# ----------------------------------------------------------------------------- monitoring
+
+
+MONITORING = ("--set", "monitoring.serviceMonitor.enabled=true",
+              "--set", "monitoring.prometheusRule.enabled=true",
+              "--set", "monitoring.vllmPodMonitor.enabled=true",
+              "--set", "monitoring.grafanaDashboard.enabled=true")
+
+
+def test_monitoring_objects_only_when_enabled() -> None:
+    kinds = {d["kind"] for d in render()}
+    assert not kinds & {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
+    docs = render(*MONITORING)
+    assert {"ServiceMonitor", "PodMonitor", "PrometheusRule"} <= {d["kind"] for d in docs}
+
+
+def test_chart_monitoring_matches_the_pack() -> None:
+    docs = render(*MONITORING)
+    sm = one(docs, "ServiceMonitor")
+    assert sm["spec"]["endpoints"][0]["honorLabels"] is True
+    assert sm["spec"]["jobLabel"] == "app.kubernetes.io/name"
+    service = one(docs, "Service")
+    assert service["metadata"]["labels"]["app.kubernetes.io/name"] == "pdscaler"  # job
+    assert sm["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    rules = yaml.safe_load((DEPLOY / "observability" / "rules.yaml").read_text())
+    # Included verbatim: Prometheus's own {{ $labels.x }} templates survive Helm's.
+    assert one(docs, "PrometheusRule")["spec"]["groups"] == rules["groups"]
+    assert "{{ $labels.namespace }}" in json.dumps(rules["groups"])
+    pm = one(docs, "PodMonitor")
+    pack = yaml.safe_load((DEPLOY / "observability" / "podmonitor-vllm.yaml").read_text())
+    assert pm["spec"]["podMetricsEndpoints"][0]["relabelings"] == pack["spec"][
+        "podMetricsEndpoints"][0]["relabelings"]
+    assert pm["spec"]["selector"] == pack["spec"]["selector"]
+    dashboard = one(docs, "ConfigMap", "pdscaler-dashboard")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(dashboard["data"]["pdscaler.json"]) == json.loads(
+        (DEPLOY / "observability" / "grafana-dashboard.json").read_text())
