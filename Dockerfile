@@ -2,8 +2,8 @@
 # images from Debian bookworm packages (no registry needed) and passes them in:
 #   BASE_BUILD    bookworm + python3.11 + venv support (pip's wheel)
 #   BASE_RUNTIME  bookworm + python3.11 + libstdc++6 + CA certificates (no pip, no compilers)
-# Any Debian bookworm image with python3.11 at /usr/bin/python3.11 works for both
-# (e.g. --build-arg BASE_BUILD=docker.io/library/debian:bookworm after installing python3.11-venv).
+# Other bases work too: any Debian bookworm image with /usr/bin/python3.11 and libstdc++6
+# (BASE_BUILD also with python3.11-venv).
 ARG BASE_BUILD=localhost/pdscaler-base:build
 ARG BASE_RUNTIME=localhost/pdscaler-base:runtime
 
