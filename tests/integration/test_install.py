@@ -7,9 +7,10 @@ with a kubeconfig holding its ServiceAccount's token (after its init container's
 the same way): a DryRun PDDeployment with a static workload gets its recommendation in status.
 Every call the ServiceAccounts should not make is made and must be refused (403).
 
-Cluster B (fresh): the documented "running locally" steps first (CRDs, the peering object),
-then ``helm install`` (no ownership clash over the peering object), then ``kubectl apply -k``
-(server dry-run first: that needs its namespace, which exists by then).
+Cluster B (fresh): ``helm install`` first (CRDs from the chart), then the documented "running
+locally" steps (CRDs, the peering object), then another ``helm install`` (no ownership clash
+over the peering object), then ``kubectl apply -k`` (server dry-run first: that needs its
+namespace to exist).
 """
 
 from __future__ import annotations
@@ -421,7 +422,11 @@ def test_node_and_pod_reads_only_when_enabled(cluster_a: Installed, tmp_path: Pa
 def cluster_b_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
     with start_control_plane(tmp_path_factory.mktemp("fresh-b")) as cp:
         inst = Installed(cp)
-        # The "running locally" steps of docs/install.md.
+        # Helm first, on the fresh cluster: the CRDs come from the chart's crds/.
+        inst.helm("helm", "install", "pdscaler", str(CHART), "-n", "pdscaler",
+                  "--create-namespace")
+        inst.kubectl("crds-after-helm", "get", "crd", "-o", "name")
+        # The "running locally" steps of docs/install.md, with the peering object.
         kubectl = str(cp.bin_dir / "kubectl")
         inst.kubectl("local-crds", "apply", "-f", str(DEPLOY / "crd.yaml"), "-f",
                      str(DEPLOY / "kopf-peering-crds.yaml"))
@@ -432,16 +437,19 @@ def cluster_b_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Inst
                                  capture_output=True, text=True, check=True, cwd=REPO).stdout
         inst.run("local-peering", [kubectl, f"--kubeconfig={cp.kubeconfig}", "apply", "-f", "-"],
                  input=peering)
-        inst.helm("helm", "install", "pdscaler", str(CHART), "-n", "pdscaler-system",
+        # A release after them: no release owns (or clashes over) the peering object.
+        inst.helm("helm-after-local", "install", "second", str(CHART), "-n", "second",
                   "--create-namespace")
+        # kubectl apply -k after the releases (its namespace exists: a server-side dry-run first).
+        cp.kubectl("create", "namespace", "pdscaler-system")
         inst.kubectl("kustomize-dry-run", "apply", "-k", str(DEPLOY), "--dry-run=server")
         inst.kubectl("kustomize", "apply", "-k", str(DEPLOY))
         yield inst
 
 
-@pytest.mark.parametrize("key", ["local-crds", "local-wait", "local-peering", "helm",
-                                 "kustomize-dry-run", "kustomize"])
-def test_helm_after_the_local_steps_and_kustomize_after_helm(
+@pytest.mark.parametrize("key", ["helm", "local-crds", "local-wait", "local-peering",
+                                 "helm-after-local", "kustomize-dry-run", "kustomize"])
+def test_helm_first_then_the_local_steps_then_helm_and_kustomize(
     cluster_b: Installed, key: str
 ) -> None:
     step = cluster_b.steps[key]
@@ -450,3 +458,8 @@ def test_helm_after_the_local_steps_and_kustomize_after_helm(
         assert step.stdout.count("(server dry run)") >= 12, step.stdout
     if key == "local-peering":
         assert "clusterkopfpeering.kopf.dev/pdscaler created" in step.stdout
+    if key == "helm":
+        crds = set(cluster_b.steps["crds-after-helm"].stdout.split())
+        assert {f"customresourcedefinition.apiextensions.k8s.io/{name}" for name in (
+            "pddeployments.pdscaler.io", "clusterkopfpeerings.kopf.dev",
+            "kopfpeerings.kopf.dev")} <= crds
