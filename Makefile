@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: plan test venv components lint test-unit test-integration test-e2e bench crd clean
+.PHONY: plan test venv components lint test-unit test-integration test-e2e bench crd clean image
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,7 @@ lint: venv
 	$(BIN)/mypy
 	$(BIN)/mypy tests benchmarks
 	$(BIN)/lint-imports
+	$(BIN)/hadolint Dockerfile
 
 test-unit: venv
 	$(BIN)/python -m pytest -q tests/unit --doctest-modules planner operator/pdscaler $(PYTEST_ARGS)
@@ -45,6 +46,10 @@ test-e2e: venv components
 ## The whole suite: lint, type checks, import contract, all test tiers.
 test: venv components lint
 	$(BIN)/python -m pytest -q tests --doctest-modules planner operator/pdscaler $(PYTEST_ARGS)
+
+## The operator image (needs root: mmdebstrap and rootful podman; docs/install.md).
+image:
+	bash scripts/build-image.sh
 
 bench: venv
 	$(BIN)/python benchmarks/plan_speed.py

@@ -10,7 +10,7 @@ prometheus_url                  ``PDSCALER_PROMETHEUS_URL``              none (p
 prometheus_timeout_s            ``PDSCALER_PROMETHEUS_TIMEOUT_S``        5
 default_interval_s              ``PDSCALER_INTERVAL_S``                  30
 workers                         ``PDSCALER_WORKERS``                     8
-metrics_port                    ``PDSCALER_METRICS_PORT``                9090 (0: off)
+metrics_port                    ``PDSCALER_METRICS_PORT``                9808 (0: off)
 health_port                     ``PDSCALER_HEALTH_PORT``                 8080 (0: off)
 log_format                      ``PDSCALER_LOG_FORMAT``                  json
 log_level                       ``PDSCALER_LOG_LEVEL``                   INFO
@@ -54,7 +54,7 @@ class OperatorSettings(BaseModel):
     prometheus_timeout_s: float = Field(default=5.0, gt=0, le=120)
     default_interval_s: float = Field(default=30.0, ge=1, le=3600)
     workers: int = Field(default=8, ge=1, le=64)
-    metrics_port: int = Field(default=9090, ge=0, le=65535)
+    metrics_port: int = Field(default=9808, ge=0, le=65535)
     health_port: int = Field(default=8080, ge=0, le=65535)
     bind_address: str = "0.0.0.0"
     log_format: Literal["json", "text"] = "json"
