@@ -9,7 +9,7 @@ writes ``deploy/observability/rules.yaml`` (a plain Prometheus rule file, checke
 Prometheus Operator ``PrometheusRule``), ``deploy/observability/grafana-dashboard.json`` and the
 Helm chart's copies under ``charts/pdscaler/files/``. ``tests/unit/test_dashboard.py`` fails when
 a committed file differs from what this script writes, and checks that every metric a rule or a
-panel uses is exported by the operator (``pdscaler/observability.py``), by vLLM (the real
+panel uses is exported by the operator (``pdscaler/controller/observability.py``), by vLLM (the real
 ``/metrics`` page in ``../shared``) or by kube-state-metrics.
 
 Label conventions: the operator's series carry the PDDeployment's ``namespace`` and ``name``

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 import yaml
-from pdscaler.crd import render_peering_crds
-from pdscaler.settings import OperatorSettings, load_settings
+from pdscaler.controller.crd import render_peering_crds
+from pdscaler.controller.settings import OperatorSettings, load_settings
 
 from tests.components.util import cache_dir
 
@@ -262,7 +262,7 @@ def test_copies_stay_identical() -> None:
     assert (DEPLOY / "ensure-peering.py").read_text() == (
         CHART / "files" / "ensure-peering.py").read_text()
     assert (DEPLOY / "kopf-peering-crds.yaml").read_text() == render_peering_crds(), (
-        "deploy/kopf-peering-crds.yaml is stale: python -m pdscaler.crd --peering-crds > "
+        "deploy/kopf-peering-crds.yaml is stale: python -m pdscaler.controller.crd --peering-crds > "
         "deploy/kopf-peering-crds.yaml")
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
-from pdscaler import observability
+from pdscaler.controller import observability
 
 from tests.components.util import cache_dir
 

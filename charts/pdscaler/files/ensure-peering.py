@@ -19,7 +19,7 @@ import sys
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
-from pdscaler.settings import SettingsError, load_settings
+from pdscaler.controller.settings import SettingsError, load_settings
 
 GROUP, VERSION = "kopf.dev", "v1"
 

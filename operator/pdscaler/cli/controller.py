@@ -52,7 +52,7 @@ def add_operator_parser(subparsers: Any) -> None:
     run.add_argument("--interval", dest="default_interval_s", type=float, metavar="SECONDS",
                      help="default seconds between reconciles of one object (30)")
     run.add_argument("--workers", type=int, help="reconcile threads (8)")
-    run.add_argument("--metrics-port", type=int, help="port of the operator's /metrics (9090; "
+    run.add_argument("--metrics-port", type=int, help="port of the operator's /metrics (9808; "
                      "0: off)")
     run.add_argument("--health-port", type=int, help="port of /healthz (8080; 0: off)")
     run.add_argument("--bind-address", help="address the two ports listen on (0.0.0.0)")
@@ -64,7 +64,7 @@ def add_operator_parser(subparsers: Any) -> None:
 
     crd = subparsers.add_parser(
         "crd", help="print the PDDeployment CRD (generated from the API models)",
-        description="Print deploy/crd.yaml as generated from operator/pdscaler/api.py.",
+        description="Print deploy/crd.yaml as generated from operator/pdscaler/controller/api.py.",
     )
     crd.add_argument("--peering", action="store_true",
                      help="print kopf's peering CRDs and peering object instead")
