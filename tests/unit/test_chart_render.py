@@ -262,8 +262,8 @@ def test_copies_stay_identical() -> None:
     assert (DEPLOY / "ensure-peering.py").read_text() == (
         CHART / "files" / "ensure-peering.py").read_text()
     assert (DEPLOY / "kopf-peering-crds.yaml").read_text() == render_peering_crds(), (
-        "deploy/kopf-peering-crds.yaml is stale: python -m pdscaler.controller.crd --peering-crds > "
-        "deploy/kopf-peering-crds.yaml")
+        "deploy/kopf-peering-crds.yaml is stale: "
+        "python -m pdscaler.controller.crd --peering-crds > deploy/kopf-peering-crds.yaml")
 
 
 def test_kustomization_lists_only_crds_and_builtin_kinds() -> None:
