@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from pdscaler.adapters.kube import NodePoolEmpty, PoolCapacity, _pod_request
+from pdscaler.adapters.kube import PoolCapacity, _pod_request
 
 GPU = "nvidia.com/gpu"
 
@@ -53,4 +53,3 @@ def test_pool_capacity_free_is_whole_units_and_never_negative() -> None:
     over = PoolCapacity(selector="a=b", nodes=1, schedulable_nodes=1, allocatable=8.0,
                         requested=10.0)
     assert over.free == 0
-    assert NodePoolEmpty("a=b") != over
