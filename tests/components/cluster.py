@@ -369,7 +369,7 @@ class KubeCluster(KubeControlPlane):
     Extra attributes: ``kwok_dir``, ``ready_delay_s`` (default Running-to-Ready delay),
     ``controller_manager_log``, ``scheduler_log``, ``kwok_log``, ``kwok_config``,
     ``startup_s`` (seconds from start() until every component answered and the ``default``
-    ServiceAccount existed).
+    ServiceAccount existed) and ``startup_steps_s`` (the same, step by step).
     """
 
     def __init__(
@@ -392,24 +392,38 @@ class KubeCluster(KubeControlPlane):
         self._scheduler: subprocess.Popen[bytes] | None = None
         self._kwok: subprocess.Popen[bytes] | None = None
         self._node_counter: dict[str, int] = {}
+        self.startup_steps_s: dict[str, float] = {}
 
     # -- lifecycle
 
     def start(self, timeout_s: float = COMPONENT_READY_TIMEOUT_S) -> KubeCluster:
         t0 = time.monotonic()
+        steps: dict[str, float] = {}
+
+        def step(name: str, since: float) -> float:
+            now = time.monotonic()
+            steps[name] = now - since
+            return now
+
         super().start(timeout_s)
+        t = step("etcd + kube-apiserver", t0)
         try:
             self._controller_manager = self._start_component(
                 "kube-controller-manager", self.controller_manager_log,
                 self._controller_manager_args, "/healthz", timeout_s)
+            t = step("kube-controller-manager", t)
             self._scheduler = self._start_component(
                 "kube-scheduler", self.scheduler_log, self._scheduler_args, "/readyz", timeout_s)
+            t = step("kube-scheduler", t)
             self._start_kwok(timeout_s)
+            t = step("kwok", t)
             self.wait_for_default_service_account("default", timeout_s)
+            step("default ServiceAccount", t)
         except BaseException:
             self.stop()
             raise
         self.startup_s = time.monotonic() - t0
+        self.startup_steps_s = steps
         return self
 
     def stop(self) -> None:
