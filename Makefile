@@ -24,6 +24,7 @@ plan: venv
 components:
 	bash scripts/install-prometheus.sh
 	bash scripts/install-kube.sh
+	bash scripts/install-kwok.sh
 	bash scripts/install-vllm.sh
 	bash scripts/install-helm.sh
 
