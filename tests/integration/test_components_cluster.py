@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from pdscaler.adapters.kube import KubeClient, NodePoolEmpty, PoolCapacity, TargetRef
+from pdscaler.controller.adapters.kube import KubeClient, NodePoolEmpty, PoolCapacity, TargetRef
 
 from tests.components.cluster import (
     FAKE_NODE_ANNOTATION,

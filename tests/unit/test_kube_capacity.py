@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from pdscaler.adapters.kube import PoolCapacity, _pod_request
+from pdscaler.controller.adapters.kube import PoolCapacity, _pod_request
 
 GPU = "nvidia.com/gpu"
 

@@ -8,7 +8,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
-from pdscaler.controller.adapters.kube import ConflictError, NotFoundError, TargetRef, TargetState
+from pdscaler.controller.adapters.kube import (
+    ConflictError,
+    NodePoolEmpty,
+    NotFoundError,
+    PoolCapacity,
+    TargetRef,
+    TargetState,
+)
 from pdscaler.controller.adapters.prometheus import MetricsError
 from pdscaler.controller.settings import OperatorSettings
 from pdscaler.controller.shell import Runtime, reconcile
@@ -94,8 +101,12 @@ class FakeKube:
     def read_configmap(self, namespace: str, name: str, now_s: float) -> dict[str, str]:
         raise NotFoundError(f"configmap {name}", 404)
 
-    def free_gpus(self, match_labels: Mapping[str, str], resource: str, now_s: float) -> int:
-        return self.free
+    def gpu_capacity(self, match_labels: Mapping[str, str], resource: str, now_s: float
+                     ) -> PoolCapacity | NodePoolEmpty:
+        if self.free < 0:
+            return NodePoolEmpty("pool=none")
+        return PoolCapacity(selector="", nodes=1, schedulable_nodes=1,
+                            allocatable=float(self.free), requested=0.0)
 
     def post_event(self, involved: Mapping[str, Any], event_type: str, reason: str,
                    message: str, now_iso: str) -> None:

@@ -32,7 +32,9 @@ from pdscaler.controller import observability as obs
 from pdscaler.controller.adapters.kube import (
     ConflictError,
     KubeError,
+    NodePoolEmpty,
     NotFoundError,
+    PoolCapacity,
     TargetRef,
 )
 from pdscaler.controller.adapters.kube import TargetState as ScaleState
@@ -84,7 +86,9 @@ class KubePort(Protocol):
 
     def read_configmap(self, namespace: str, name: str, now_s: float) -> dict[str, str]: ...
 
-    def free_gpus(self, match_labels: Mapping[str, str], resource: str, now_s: float) -> int: ...
+    def gpu_capacity(
+        self, match_labels: Mapping[str, str], resource: str, now_s: float
+    ) -> PoolCapacity | NodePoolEmpty: ...
 
     def post_event(
         self, involved: Mapping[str, Any], event_type: str, reason: str, message: str,
@@ -228,16 +232,22 @@ def read_workload(spec: PDDeploymentSpec, rt: Runtime, now_s: float) -> Workload
 
 def read_free_gpus(
     spec: PDDeploymentSpec, rt: Runtime, now_s: float
-) -> dict[Role, int | None]:
-    """Free GPUs of each role's node pool (``None``: the role has no node pool)."""
+) -> tuple[dict[Role, int | None], dict[Role, str]]:
+    """Free GPUs of each role's node pool (``None``: the role has no node pool), and the
+    selectors of pools that no node matches."""
     free: dict[Role, int | None] = {}
+    empty: dict[Role, str] = {}
     for role in ROLES:
         pool = spec.role(role).node_pool
-        free[role] = (
-            None if pool is None
-            else rt.kube.free_gpus(pool.match_labels, pool.gpu_resource_name, now_s)
-        )
-    return free
+        if pool is None:
+            free[role] = None
+            continue
+        capacity = rt.kube.gpu_capacity(pool.match_labels, pool.gpu_resource_name, now_s)
+        if isinstance(capacity, NodePoolEmpty):
+            free[role], empty[role] = 0, capacity.selector
+        else:
+            free[role] = capacity.free
+    return free, empty
 
 
 def read_input(
@@ -262,10 +272,10 @@ def read_input(
     if any(t.state is None for t in targets.values()):
         return TickInput(spec=spec, spec_error=None, profiles=profiles, targets=targets,
                          **common)
+    free, empty = read_free_gpus(spec, rt, now_s)
     return TickInput(
         spec=spec, spec_error=None, profiles=profiles, targets=targets,
-        workload=read_workload(spec, rt, now_s), free_gpus=read_free_gpus(spec, rt, now_s),
-        **common,
+        workload=read_workload(spec, rt, now_s), free_gpus=free, empty_pools=empty, **common,
     )
 
 

@@ -365,10 +365,12 @@ def _control(
     """The pure control rules per role; sets ``CapacityLimited``."""
     decisions: dict[Role, Decision] = {}
     notes: list[str] = []
+    empty_notes: list[str] = []
     for role in ROLES:
         role_spec, state = spec.role(role), states[role]
         capacity_limit: int | None = None
         free = b.inp.free_gpus.get(role)
+        empty = b.inp.empty_pools.get(role) if role_spec.node_pool is not None else None
         if role_spec.node_pool is not None and free is not None:
             capacity_limit = state.spec_replicas + free // role_spec.gpus_per_replica
         decision = decide(
@@ -391,13 +393,20 @@ def _control(
             RecommendationSample(time=iso(s.time_s), replicas=s.replicas)
             for s in decision.history
         ][-RECOMMENDATION_HISTORY:]
-        if decision.capacity_limited:
+        if decision.capacity_limited and empty is not None:
+            empty_notes.append(
+                f"{role}: no node matches the node pool selector {clip(empty, 200)}: no room to "
+                "scale up (check spec.{role}.nodePool.matchLabels)".replace("{role}", role)
+            )
+        elif decision.capacity_limited:
             notes.append(
                 f"{role}: the node pool has room for {capacity_limit} replicas "
                 f"({role_spec.gpus_per_replica} GPUs each)"
             )
     binding = result.binding_constraint if result is not None else ""
-    if notes:
+    if empty_notes:
+        b.condition("CapacityLimited", True, "NodePoolEmpty", "; ".join(empty_notes + notes))
+    elif notes:
         b.condition("CapacityLimited", True, "NodePoolFull", "; ".join(notes))
     elif binding.endswith("max_replicas") or binding.startswith("budget."):
         b.condition("CapacityLimited", True,
@@ -407,6 +416,11 @@ def _control(
         b.condition("CapacityLimited", False, "WithinLimits",
                     "the plan fits the bounds, budget and free capacity")
     return decisions
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters with an ellipsis (status fields stay small)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _history(samples: Sequence[RecommendationSample]) -> tuple[Sample, ...]:

@@ -78,6 +78,8 @@ class TickInput:
     workload: WorkloadRead = WorkloadRead()
     free_gpus: Mapping[Role, int | None] = field(default_factory=dict)
     settings: TickSettings = TickSettings()
+    empty_pools: Mapping[Role, str] = field(default_factory=dict)
+    """Roles whose node pool selector (the value) matches no node."""
     memo: Memo = field(default_factory=Memo, compare=False, repr=False)
 
 
