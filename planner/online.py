@@ -166,7 +166,7 @@ def implied_factor(factor_in_use: float, observed: float, predicted: float,
                         ("predicted", predicted), ("elasticity", elasticity_)):
         if not _positive(value):
             raise ValueError(f"{name}={value} must be > 0 and finite")
-    return factor_in_use * (observed / predicted) ** (1.0 / elasticity_)
+    return float(factor_in_use * (observed / predicted) ** (1.0 / elasticity_))
 
 
 def weighted_median(values: Sequence[float], weights: Sequence[float]) -> float:
