@@ -81,6 +81,23 @@ def factors_in_use(spec: PDDeploymentSpec, previous: Mapping[Role, CalibrationSt
     return Factors(values[0], values[1])
 
 
+def probe_factors(spec: PDDeploymentSpec,
+                  previous: Mapping[Role, CalibrationStatus | None]) -> Factors:
+    """The factors the comparison is predicted with: each role's current estimate (the
+    bounded weighted median, trusted or not), so that successive samples are Newton steps
+    from the estimate even while the applied factor is still 1 (learning)."""
+    if not spec.planner.online_calibration:
+        return Factors()
+    low, high = POLICY.bounds
+    values = []
+    for role in ROLES:
+        status = previous.get(role)
+        median = status.median if status is not None and status.state != "off" else None
+        values.append(min(max(median, low), high) if median is not None and median > 0
+                      else 1.0)
+    return Factors(values[0], values[1])
+
+
 def corrected(memo: Memo, profiles: ChosenProfiles, factors: Factors) -> ChosenProfiles:
     """``profiles`` with the factors applied; the key names the factors (plan memo stays
     correct)."""
@@ -107,7 +124,7 @@ class Evidence:
     observed: float | None = None
     """Observed latency: TTFT seconds (prefill) or TPOT milliseconds (decode)."""
     predicted: float | None = None
-    """Predicted at the current count with the factor in use (same unit)."""
+    """Predicted at the current count with the probed factor (same unit)."""
     predicted_bumped: float | None = None
     """Predicted with the factor x (1 + :data:`planner.online.ELASTICITY_STEP`)."""
     frozen: str | None = None
@@ -118,7 +135,7 @@ BUMP = 1.0 + ELASTICITY_STEP
 
 
 def update(role: Role, previous: CalibrationStatus | None, evidence: Evidence,
-           factor_in_use: float, replicas: int, window_s: float, now_s: float,
+           factor_probed: float, replicas: int, window_s: float, now_s: float,
            policy: OnlinePolicy = POLICY) -> CalibrationStatus:
     """The role's calibration status after this reconcile (pure)."""
     was = previous or CalibrationStatus(state="learning")
@@ -141,7 +158,7 @@ def update(role: Role, previous: CalibrationStatus | None, evidence: Evidence,
         })
     assert evidence.observed is not None and evidence.predicted is not None
     e = elasticity(evidence.predicted, evidence.predicted_bumped or evidence.predicted * BUMP)
-    sample = implied_factor(factor_in_use, evidence.observed, evidence.predicted, e)
+    sample = implied_factor(factor_probed, evidence.observed, evidence.predicted, e)
     result = estimate([*samples, FactorSample(now_s, sample)], now_s, policy)
     factor = sig(result.factor, 3) or 1.0
     unit = "s" if role == "prefill" else "ms"
@@ -153,7 +170,7 @@ def update(role: Role, previous: CalibrationStatus | None, evidence: Evidence,
         half_life_s=policy.half_life_s,
         last_sample_time=iso(now_s),
         reason=(f"{QUANTITY[role]} observed {evidence.observed:.4g} {unit}, predicted "
-                f"{evidence.predicted:.4g} {unit} at x{factor_in_use:g} (elasticity {e:.2g}): "
+                f"{evidence.predicted:.4g} {unit} at x{factor_probed:g} (elasticity {e:.2g}): "
                 f"sample x{sample:.3g}; {result.recent_samples} samples within "
                 f"{policy.half_life_s:g} s" + ("" if result.trusted else
                                                f", {policy.min_samples} needed")),
@@ -170,4 +187,4 @@ def off(reason: str) -> CalibrationStatus:
 
 
 __all__ = ["BUMP", "POLICY", "Evidence", "Factors", "corrected", "factors_in_use", "off",
-           "update"]
+           "probe_factors", "update"]

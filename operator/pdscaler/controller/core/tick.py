@@ -185,7 +185,7 @@ def tick(inp: TickInput) -> TickOutcome:
         b.status.decode.predicted_tpot_ms = at.tpot_ms
         b.status.prefill.predicted_ttft_at_current_s = now.ttft_s
         b.status.decode.predicted_tpot_at_current_ms = now.tpot_ms
-    _calibrate(b, spec, profiles, factors, states, read, workload)
+    _calibrate(b, spec, profiles, states, read, workload)
 
     commands = _act(b, spec, states, decisions)
     ready = read.problem is None and (read.workload is not None or read.idle)
@@ -332,7 +332,7 @@ def _dispersion(spec: PDDeploymentSpec, observation: Observation | None
 
 def _calibrate(
     b: _Builder, spec: PDDeploymentSpec, profiles: ChosenProfiles,
-    factors: calibration.Factors, states: Mapping[Role, TargetState], read: _Workload,
+    states: Mapping[Role, TargetState], read: _Workload,
     workload: Workload | None,
 ) -> None:
     """Online calibration (:mod:`.calibration`): one sample per role, or why none."""
@@ -349,12 +349,14 @@ def _calibrate(
         frozen = "no arrivals in the window"
     elif min(states[role].spec_replicas for role in ROLES) < 1:
         frozen = "a role has no replicas"
+    previous = {role: b.inp.previous.role(role).calibration for role in ROLES}
+    probe = calibration.probe_factors(spec, previous)
     compared: list[Predictions] = []
     if frozen is None and workload is not None:
         p_now, d_now = states["prefill"].spec_replicas, states["decode"].spec_replicas
         # Prefill servers report queue + prefill only: compare without the TTFT budget.
         for bump in (1.0, calibration.BUMP):
-            chosen = calibration.corrected(b.inp.memo, profiles, factors.scaled(bump))
+            chosen = calibration.corrected(b.inp.memo, profiles, probe.scaled(bump))
             request = plan_request(spec, chosen.profile_set, chosen.chosen, workload)
             request = request.model_copy(update={"ttft_budget": TTFTBudget()})
             compared.append(predictions(b.inp.memo, plan_key(chosen.key, request), request,
@@ -371,10 +373,10 @@ def _calibrate(
             role_frozen = f"the model predicts overload at {state.spec_replicas} replicas"
         observed = rs.observed_ttft_s if role == "prefill" else rs.observed_tpot_ms
         rs.calibration = calibration.update(
-            role, b.inp.previous.role(role).calibration,
+            role, previous[role],
             calibration.Evidence(observed=observed, predicted=base, predicted_bumped=bumped,
                                  frozen=role_frozen),
-            factors.of(role), state.spec_replicas, window_s, b.inp.now_s,
+            probe.of(role), state.spec_replicas, window_s, b.inp.now_s,
         )
 
 
