@@ -185,7 +185,7 @@ def tick(inp: TickInput) -> TickOutcome:
         b.status.decode.predicted_tpot_ms = at.tpot_ms
         b.status.prefill.predicted_ttft_at_current_s = now.ttft_s
         b.status.decode.predicted_tpot_at_current_ms = now.tpot_ms
-    _calibrate(b, spec, profiles, states, read, workload)
+    _calibrate(b, spec, profiles, states, read, observed_request)
 
     commands = _act(b, spec, states, decisions)
     ready = read.problem is None and (read.workload is not None or read.idle)
@@ -332,8 +332,7 @@ def _dispersion(spec: PDDeploymentSpec, observation: Observation | None
 
 def _calibrate(
     b: _Builder, spec: PDDeploymentSpec, profiles: ChosenProfiles,
-    states: Mapping[Role, TargetState], read: _Workload,
-    workload: Workload | None,
+    states: Mapping[Role, TargetState], read: _Workload, observed: PlanRequest | None,
 ) -> None:
     """Online calibration (:mod:`.calibration`): one sample per role, or why none."""
     if not spec.planner.online_calibration or spec.workload.source != "Prometheus":
@@ -345,20 +344,20 @@ def _calibrate(
     frozen: str | None = None
     if read.problem is not None:
         frozen = f"holding: {read.problem[1]}"
-    elif read.idle or workload is None:
+    elif read.idle or observed is None:
         frozen = "no arrivals in the window"
     elif min(states[role].spec_replicas for role in ROLES) < 1:
         frozen = "a role has no replicas"
     previous = {role: b.inp.previous.role(role).calibration for role in ROLES}
     probe = calibration.probe_factors(spec, previous)
     compared: list[Predictions] = []
-    if frozen is None and workload is not None:
+    if frozen is None and observed is not None:
         p_now, d_now = states["prefill"].spec_replicas, states["decode"].spec_replicas
         # Prefill servers report queue + prefill only: compare without the TTFT budget.
         for bump in (1.0, calibration.BUMP):
             chosen = calibration.corrected(b.inp.memo, profiles, probe.scaled(bump))
-            request = plan_request(spec, chosen.profile_set, chosen.chosen, workload)
-            request = request.model_copy(update={"ttft_budget": TTFTBudget()})
+            request = observed.model_copy(
+                update={"profiles": chosen.profile_set, "ttft_budget": TTFTBudget()})
             compared.append(predictions(b.inp.memo, plan_key(chosen.key, request), request,
                                         p_now, d_now))
     window_s = spec.workload.prometheus.window_s
@@ -371,10 +370,10 @@ def _calibrate(
             [p.ttft_s if role == "prefill" else p.tpot_ms for p in compared] or [None, None])
         if role_frozen is None and base is None:
             role_frozen = f"the model predicts overload at {state.spec_replicas} replicas"
-        observed = rs.observed_ttft_s if role == "prefill" else rs.observed_tpot_ms
+        latency = rs.observed_ttft_s if role == "prefill" else rs.observed_tpot_ms
         rs.calibration = calibration.update(
             role, previous[role],
-            calibration.Evidence(observed=observed, predicted=base, predicted_bumped=bumped,
+            calibration.Evidence(observed=latency, predicted=base, predicted_bumped=bumped,
                                  frozen=role_frozen),
             probe.of(role), state.spec_replicas, window_s, b.inp.now_s,
         )
