@@ -255,6 +255,15 @@ def test_a_changed_count_restarts_the_wait() -> None:
     assert len(moved.samples) == 1
 
 
+def test_overload_one_step_up_takes_the_steepest_elasticity() -> None:
+    previous = CalibrationStatus(state="learning", replicas=3,
+                                 stable_since=iso(NOW_S - 3600.0))
+    # Observed 2x the prediction; the factor x1.1 overloads: e = 4, sample 2^(1/4).
+    steep = update("prefill", previous, Evidence(observed=1.0, predicted=0.5), 1.0, 3, 300.0,
+                   NOW_S)
+    assert steep.samples[-1].factor == pytest.approx(2.0 ** 0.25, rel=1e-3)
+
+
 def test_overload_prediction_freezes() -> None:
     previous = CalibrationStatus(state="active", factor=1.4, median=1.4, replicas=3,
                                  stable_since=iso(NOW_S - 3600.0))

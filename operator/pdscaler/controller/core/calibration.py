@@ -25,6 +25,7 @@ from pdscaler.controller.core.status import iso, parse_iso, sig
 from planner import InstanceProfile, ProfileSet
 from planner.common import ROLES, Role
 from planner.online import (
+    ELASTICITY_BOUNDS,
     ELASTICITY_STEP,
     FactorSample,
     OnlinePolicy,
@@ -126,7 +127,8 @@ class Evidence:
     predicted: float | None = None
     """Predicted at the current count with the probed factor (same unit)."""
     predicted_bumped: float | None = None
-    """Predicted with the factor x (1 + :data:`planner.online.ELASTICITY_STEP`)."""
+    """Predicted with the factor x (1 + :data:`planner.online.ELASTICITY_STEP`); ``None``:
+    overloaded there (the steepest elasticity is assumed)."""
     frozen: str | None = None
     """Why no sample can be taken (``None``: take one)."""
 
@@ -157,7 +159,9 @@ def update(role: Role, previous: CalibrationStatus | None, evidence: Evidence,
             "replicas": replicas, "stable_since": since, "half_life_s": policy.half_life_s,
         })
     assert evidence.observed is not None and evidence.predicted is not None
-    e = elasticity(evidence.predicted, evidence.predicted_bumped or evidence.predicted * BUMP)
+    # A bumped prediction that overloads: the latency is as steep as it gets here.
+    e = (elasticity(evidence.predicted, evidence.predicted_bumped)
+         if evidence.predicted_bumped is not None else ELASTICITY_BOUNDS[1])
     sample = implied_factor(factor_probed, evidence.observed, evidence.predicted, e)
     result = estimate([*samples, FactorSample(now_s, sample)], now_s, policy)
     factor = sig(result.factor, 3) or 1.0
