@@ -514,7 +514,7 @@ def build_observation(
 
 
 DISPERSION_POLICY = DispersionPolicy()
-"""At least 10 sub-windows and 20 arrivals; bounded to [0.5, 20]."""
+"""At least 10 sub-windows and 20 arrivals; bounded to [0.5, 100]."""
 
 
 def measured_dispersion(metrics: RoleMetrics, sub_window_s: float,

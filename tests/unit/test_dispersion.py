@@ -34,7 +34,9 @@ from pdscaler.vllm_metrics import (
     role_expressions,
 )
 
+from planner import parse_trace_csv
 from planner.online import DispersionPolicy, dispersion_from_moments
+from tests.shared import CODE_TRACE, CONV_TRACE, need
 from tests.unit.test_tick import NOW_S, make_input, observation, spec_dict
 
 WINDOWS = 20_000
@@ -69,9 +71,23 @@ def test_geometric_batches_give_the_second_moment_over_the_first() -> None:
     assert _estimate(counts) == pytest.approx((2 - p) / p, rel=0.06)  # 7
 
 
+@pytest.mark.parametrize(("path", "published"), [(CODE_TRACE, 72.0), (CONV_TRACE, None)])
+def test_real_traces_agree_with_the_trace_estimator(path: Any, published: float | None
+                                                    ) -> None:
+    """The moments of the real Azure traces' 10 s counts give the planner's trace figure."""
+    trace = parse_trace_csv(need(path).read_text(), str(path))
+    start = float(trace.arrival_s[0])
+    edges = start + 10.0 * np.arange(int((trace.arrival_s[-1] - start) // 10.0) + 1)
+    counts, _ = np.histogram(trace.arrival_s, bins=edges)
+    value = _estimate(counts)
+    assert value == pytest.approx(trace.index_of_dispersion(10.0))
+    if published is not None:  # "about 72 at 10 s" (planner.workload, the code trace)
+        assert value == pytest.approx(published, rel=0.02)
+
+
 def test_regular_arrivals_are_floored_and_bursts_capped() -> None:
     assert _estimate(np.full(30, 4.0)) == 0.5
-    assert dispersion_from_moments(1.0, 1000.0, 30).value == 20.0
+    assert dispersion_from_moments(1.0, 1000.0, 30).value == 100.0  # 1034, capped
     assert dispersion_from_moments(5.0, 5.0, 30, DispersionPolicy(bounds=(0.1, 100))).value \
         == pytest.approx(30 / 29)
 
