@@ -45,8 +45,9 @@ multiplicative and slowly varying compared with the half-life.
 
 References
 ----------
-Newton's method in log space for a monotone model; weighted median: Edgeworth's "plural
-median" (e.g. Gurwitz, 1990, *Weighted median algorithms for L1 approximation*, BIT 30).
+Newton's method in log space for a monotone model. The weighted median minimises the weighted
+sum of absolute deviations, so one sample moves it by at most one rank whatever its size.
+:mod:`planner.calibration` for the factors' meaning and the one-off fit.
 """
 
 from __future__ import annotations
