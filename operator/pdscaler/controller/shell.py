@@ -223,6 +223,7 @@ def read_workload(spec: PDDeploymentSpec, rt: Runtime, now_s: float) -> Workload
         observation = read_observation(
             rt.prometheus(url), url, selectors, prom.window_s, prom.max_age_s,
             rt.names, now_s, spec.slo.ttft_percentile, spec.slo.tpot_percentile,
+            prom.dispersion_sub_window_s if spec.planner.arrival_dispersion is None else None,
         )
     except MetricsError as exc:
         obs.ERRORS.labels("prometheus").inc()
@@ -315,6 +316,9 @@ _GAUGES = {
     "observed_latency": obs.OBSERVED_LATENCY,
     "observed_rate": obs.OBSERVED_RATE,
     "metrics_available": obs.METRICS_AVAILABLE,
+    "calibration_factor": obs.CALIBRATION_FACTOR,
+    "arrival_dispersion": obs.ARRIVAL_DISPERSION,
+    "forecast_rate": obs.FORECAST_RATE,
 }
 
 

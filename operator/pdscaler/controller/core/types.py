@@ -19,6 +19,7 @@ from planner.common import Role
 Outcome = Literal["ok", "held", "scaled", "invalid_spec", "target_missing"]
 GaugeName = Literal[
     "replicas", "predicted_latency", "observed_latency", "observed_rate", "metrics_available",
+    "calibration_factor", "arrival_dispersion", "forecast_rate",
 ]
 
 
