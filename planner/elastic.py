@@ -136,7 +136,7 @@ class MetricBounds:
 class Histogram:
     """A cumulative Prometheus-style histogram: per-bucket counts (``le`` upper bounds), sum."""
 
-    __slots__ = ("bounds", "counts", "count", "sum")
+    __slots__ = ("bounds", "count", "counts", "sum")
 
     def __init__(self, bounds: Sequence[float]) -> None:
         self.bounds = list(bounds)
@@ -162,7 +162,7 @@ class Histogram:
 class EngineCounters:
     """What one replica's engine has counted since it started."""
 
-    __slots__ = ("success", "prompt", "generation", "ttft", "itl", "tpot")
+    __slots__ = ("generation", "itl", "prompt", "success", "tpot", "ttft")
 
     def __init__(self, bounds: MetricBounds) -> None:
         self.success = 0.0
@@ -188,12 +188,29 @@ class ReplicaGauges:
 
 class _Replica:
     __slots__ = (
-        "role", "index", "gid", "state", "created_s", "ready_s", "gone_s",
-        # prefill
-        "busy", "batch", "end", "queue", "idle_since", "batch_tokens",
-        # decode
-        "k", "n", "ctx", "kv", "heap", "wait", "new", "start", "assigned",
+        "assigned",
+        "batch",
+        "batch_tokens",
+        "busy",
         "counters",
+        "created_s",
+        "ctx",
+        "end",
+        "gid",
+        "gone_s",
+        "heap",
+        "idle_since",
+        "index",
+        "k",
+        "kv",
+        "n",
+        "new",
+        "queue",
+        "ready_s",
+        "role",
+        "start",
+        "state",
+        "wait",
     )
 
     def __init__(self, role: Role, index: int, gid: int, created_s: float) -> None:
