@@ -357,7 +357,9 @@ class ElasticSim:
         self._gpu_t = 0.0
         self.scale_events: list[ScaleEvent] = []
         self.pool_samples: list[PoolSample] = []
-        for role, count in (("prefill", config.initial_prefill), ("decode", config.initial_decode)):
+        initial: tuple[tuple[Role, int], ...] = (
+            ("prefill", config.initial_prefill), ("decode", config.initial_decode))
+        for role, count in initial:
             for _ in range(count):
                 self._make_ready(self._new_replica(role, 0.0), 0.0, start_gpu=True)
             self._desired[role] = count
