@@ -436,11 +436,15 @@ class ElasticSim:
             return not r.busy and not r.queue
         return r.assigned == 0
 
-    def set_replicas(self, role: Role, replicas: int, now_s: float) -> None:
+    def set_replicas(
+        self, role: Role, replicas: int, now_s: float, instant: bool = False
+    ) -> None:
         """Set ``role``'s desired replica count at ``now_s`` (not before the simulation time).
 
         New replicas start (or wait for GPUs); removed ones stop taking requests and finish
-        what they hold. Events up to ``now_s`` are processed first.
+        what they hold. Events up to ``now_s`` are processed first. ``instant`` makes new
+        replicas ready at once, ignoring start-up delay and GPU capacity (a clairvoyant
+        baseline's privilege).
         """
         if role not in ROLES:
             raise ValueError(f"role={role!r} must be 'prefill' or 'decode'")
@@ -458,7 +462,9 @@ class ElasticSim:
         if replicas > len(live):
             for _ in range(replicas - len(live)):
                 r = self._new_replica(role, now)
-                if not self._pending and self._fits(role):
+                if instant:
+                    self._make_ready(r, now, start_gpu=True)
+                elif not self._pending and self._fits(role):
                     self._start(r, now)
                 else:
                     self._pending.append(r)
