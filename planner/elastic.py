@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from bisect import bisect_left
+from bisect import bisect_left, insort
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -350,6 +350,9 @@ class ElasticSim:
         self._dhold: deque[int] = deque()  # finished prefills waiting for a ready decode replica
         self._all: list[_Replica] = []
         self._pool: dict[Role, list[_Replica]] = {"prefill": [], "decode": []}
+        self._active: dict[Role, list[_Replica]] = {"prefill": [], "decode": []}  # not gone
+        self._ready: dict[Role, list[_Replica]] = {"prefill": [], "decode": []}  # by index
+        self._idle: deque[_Replica] = deque()  # pooled: ready, idle prefill, by idle_since
         self._desired: dict[Role, int] = {"prefill": 0, "decode": 0}
         self._pending: deque[_Replica] = deque()
         self._gpus = 0
@@ -385,6 +388,7 @@ class ElasticSim:
         if self.metric_bounds is not None:
             r.counters = EngineCounters(self.metric_bounds)
         self._pool[role].append(r)
+        self._active[role].append(r)
         self._all.append(r)
         return r
 
@@ -399,10 +403,13 @@ class ElasticSim:
         r.state = "ready"
         r.ready_s = now
         r.idle_since = now
+        insort(self._ready[r.role], r, key=lambda x: x.index)
         if r.role == "prefill":
             if self._pooled:
                 if self._pq:
                     self._start_iteration(r, now)
+                else:
+                    self._idle.append(r)
             else:
                 while self._pq:
                     self._route_prefill(self._pq.popleft(), now)
@@ -428,6 +435,7 @@ class ElasticSim:
         self._account(now, -self.config.gpus(r.role))
         r.state = "gone"
         r.gone_s = now
+        self._active[r.role].remove(r)
         while self._pending and self._fits(self._pending[0].role):
             self._start(self._pending.popleft(), now)
 
@@ -457,8 +465,7 @@ class ElasticSim:
             return
         self.scale_events.append(ScaleEvent(now, role, replicas, previous))
         self._desired[role] = replicas
-        pool = self._pool[role]
-        live = [r for r in pool if r.state in ("pending", "starting", "ready")]
+        live = [r for r in self._active[role] if r.state in ("pending", "starting", "ready")]
         if replicas > len(live):
             for _ in range(replicas - len(live)):
                 r = self._new_replica(role, now)
@@ -474,18 +481,18 @@ class ElasticSim:
         self._sample_pool(now)
 
     def _remove_one(self, role: Role, now: float) -> None:
-        pool = self._pool[role]
         pending = [r for r in self._pending if r.role == role]
         if pending:
             self._pending.remove(pending[-1])
             pending[-1].state = "gone"
             pending[-1].gone_s = now
+            self._active[role].remove(pending[-1])
             return
-        starting = [r for r in pool if r.state == "starting"]
+        starting = [r for r in self._active[role] if r.state == "starting"]
         if starting:
             self._release(starting[-1], now)  # its READY event is ignored
             return
-        ready = [r for r in pool if r.state == "ready"]
+        ready = self._ready[role]
 
         def load(r: _Replica) -> tuple[float, int]:
             held = (len(r.batch) + len(r.queue)) if role == "prefill" else r.assigned
@@ -493,12 +500,15 @@ class ElasticSim:
 
         victim = min(ready, key=load)
         victim.state = "draining"
+        ready.remove(victim)
+        if victim in self._idle:
+            self._idle.remove(victim)
         if self._holds_nothing(victim):
             self._release(victim, now)
 
     def _sample_pool(self, now: float) -> None:
         def counts(role: Role) -> tuple[int, int, int, int]:
-            states = [r.state for r in self._pool[role]]
+            states = [r.state for r in self._active[role]]
             return (states.count("pending"), states.count("starting"), states.count("ready"),
                     states.count("draining"))
 
@@ -511,7 +521,7 @@ class ElasticSim:
     # ------------------------------------------------------------------ prefill
     def _route_prefill(self, i: int, now: float) -> None:
         """Random router: request ``i`` joins a uniformly chosen ready replica's queue."""
-        ready = [r for r in self._pool["prefill"] if r.state == "ready"]
+        ready = self._ready["prefill"]
         if not ready:
             self._pq.append(i)
             return
@@ -573,16 +583,16 @@ class ElasticSim:
             self._start_iteration(r, t)
         else:
             r.idle_since = t
+            if self._pooled:
+                self._idle.append(r)
 
     def _arrive(self, i: int, t: float) -> None:
         if not self._pooled:
             self._route_prefill(i, t)
             return
         self._pq.append(i)
-        idle = [r for r in self._pool["prefill"] if r.state == "ready" and not r.busy]
-        if idle:
-            r = min(idle, key=lambda x: x.idle_since)
-            self._start_iteration(r, t)
+        if self._idle:
+            self._start_iteration(self._idle.popleft(), t)
 
     # ------------------------------------------------------------------ decode
     def _to_decode(self, i: int, t: float) -> None:
@@ -593,8 +603,8 @@ class ElasticSim:
             self._finish[i] = ready_t
             return
         best: _Replica | None = None
-        for r in self._pool["decode"]:
-            if r.state == "ready" and (best is None or r.assigned < best.assigned):
+        for r in self._ready["decode"]:
+            if best is None or r.assigned < best.assigned:
                 best = r
         if best is None:
             self._dhold.append(i)
@@ -736,16 +746,18 @@ class ElasticSim:
         return [self._gauges(r) for r in self._pool[role]]
 
     def counts(self, role: Role) -> dict[ReplicaState, int]:
+        active = self._active[role]
         out: dict[ReplicaState, int] = {
-            "pending": 0, "starting": 0, "ready": 0, "draining": 0, "gone": 0}
-        for r in self._pool[role]:
+            "pending": 0, "starting": 0, "ready": 0, "draining": 0,
+            "gone": len(self._pool[role]) - len(active)}
+        for r in active:
             out[r.state] += 1
         return out
 
     def replica_metrics(self) -> Iterator[ReplicaGauges]:
         """Replicas whose engine serves metrics now (ready or draining), both roles."""
         for role in ROLES:
-            for r in self._pool[role]:
+            for r in self._active[role]:
                 if r.state in ("ready", "draining"):
                     yield self._gauges(r)
 
@@ -755,7 +767,7 @@ class ElasticSim:
             running = float(len(r.batch))
             waiting = float(len(r.queue))
             if self._pooled and r.state == "ready":
-                ready = [x for x in self._pool["prefill"] if x.state == "ready"]
+                ready = self._ready["prefill"]
                 share, extra = divmod(len(self._pq), len(ready))
                 waiting = float(share + (1 if ready.index(r) < extra else 0))
             kv = r.batch_tokens

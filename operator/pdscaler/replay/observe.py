@@ -21,7 +21,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from pdscaler.metrics_reader import MetricNameCache, Observation, Role, read_observation, selector
-from pdscaler.replay.promql import PROMETHEUS_3, Engine, SampleStore, Semantics, as_query_fn
+from pdscaler.replay.promql import (
+    PROMETHEUS_3,
+    Engine,
+    SampleStore,
+    Semantics,
+    Series,
+    as_query_fn,
+)
 from pdscaler.vllmsim.metrics import ITL_BUCKETS_S, TTFT_BUCKETS_S, one_two_five_buckets
 from planner.elastic import ElasticSim, EngineCounters, Histogram, MetricBounds, ReplicaGauges
 
@@ -45,29 +52,52 @@ def _fmt(bound: float) -> str:
     return "+Inf" if math.isinf(bound) else repr(float(bound))
 
 
-def _histogram(name: str, h: Histogram, base: dict[str, str]) -> Iterator[Exposed]:
-    for bound, count in h.cumulative():
-        yield {"__name__": f"{name}_bucket", **base, "le": _fmt(bound)}, count
-    yield {"__name__": f"{name}_sum", **base}, h.sum
-    yield {"__name__": f"{name}_count", **base}, h.count
+_HISTOGRAMS = (
+    ("vllm:request_prompt_tokens", "prompt"),
+    ("vllm:request_generation_tokens", "generation"),
+    ("vllm:time_to_first_token_seconds", "ttft"),
+    ("vllm:inter_token_latency_seconds", "itl"),
+    ("vllm:request_time_per_output_token_seconds", "tpot"),
+)
+_REASONS = ("abort", "length", "stop")
+
+
+def engine_labels(base: dict[str, str], counters: EngineCounters | None) -> list[dict[str, str]]:
+    """The label sets of one engine's series, in the order of :func:`engine_values`."""
+    out = [{"__name__": name, **base} for name in (
+        "vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc")]
+    if counters is None:
+        return out
+    out += [{"__name__": "vllm:request_success_total", **base, "finished_reason": reason}
+            for reason in _REASONS]
+    for name, attr in _HISTOGRAMS:
+        h: Histogram = getattr(counters, attr)
+        out += [{"__name__": f"{name}_bucket", **base, "le": _fmt(bound)}
+                for bound in [*h.bounds, math.inf]]
+        out += [{"__name__": f"{name}_sum", **base}, {"__name__": f"{name}_count", **base}]
+    return out
+
+
+def engine_values(g: ReplicaGauges) -> list[float]:
+    """The values of one engine's series now (order of :func:`engine_labels`)."""
+    out = [g.running, g.waiting, g.kv_cache_usage]
+    c = g.counters
+    if c is None:
+        return out
+    out += [0.0, c.success, 0.0]  # every request ends by length (max_tokens)
+    for _, attr in _HISTOGRAMS:
+        h: Histogram = getattr(c, attr)
+        running = 0.0
+        for count in h.counts:
+            running += count
+            out.append(running)
+        out += [h.sum, h.count]
+    return out
 
 
 def engine_series(g: ReplicaGauges, base: dict[str, str]) -> Iterator[Exposed]:
     """The vLLM series of one replica's engine, with ``base`` labels on each."""
-    yield {"__name__": "vllm:num_requests_running", **base}, g.running
-    yield {"__name__": "vllm:num_requests_waiting", **base}, g.waiting
-    yield {"__name__": "vllm:kv_cache_usage_perc", **base}, g.kv_cache_usage
-    c: EngineCounters | None = g.counters
-    if c is None:
-        return
-    for reason in ("abort", "length", "stop"):
-        yield ({"__name__": "vllm:request_success_total", **base, "finished_reason": reason},
-               c.success if reason == "length" else 0.0)
-    yield from _histogram("vllm:request_prompt_tokens", c.prompt, base)
-    yield from _histogram("vllm:request_generation_tokens", c.generation, base)
-    yield from _histogram("vllm:time_to_first_token_seconds", c.ttft, base)
-    yield from _histogram("vllm:inter_token_latency_seconds", c.itl, base)
-    yield from _histogram("vllm:request_time_per_output_token_seconds", c.tpot, base)
+    return zip(engine_labels(base, g.counters), engine_values(g), strict=True)
 
 
 @dataclass(frozen=True)
@@ -110,6 +140,7 @@ class ReplayPrometheus:
         self.names = MetricNameCache(ttl_s=300.0)
         self.next_scrape_s = 0.0
         self.scrapes = 0
+        self._layout: dict[str, list[Series]] = {}
 
     def scrape(self, sim: ElasticSim, time_s: float) -> None:
         """One scrape of every target at ``time_s`` (targets gone since the last: stale)."""
@@ -118,18 +149,24 @@ class ReplayPrometheus:
         for g in sim.replica_metrics():
             pod = cfg.pod(g.role, g.index)
             seen.add(pod)
-            base = {
-                "engine": "0",
-                "model_name": cfg.model_name,
-                "job": f"{cfg.name}-{g.role}",
-                "instance": f"{pod}:8000",
-                "namespace": cfg.namespace,
-                "pod": pod,
-            }
-            self.store.append_scrape(pod, time_s, engine_series(g, base))
-        for target in list(self.store._by_target):
+            layout = self._layout.get(pod)
+            if layout is None:
+                base = {
+                    "engine": "0",
+                    "model_name": cfg.model_name,
+                    "job": f"{cfg.name}-{g.role}",
+                    "instance": f"{pod}:8000",
+                    "namespace": cfg.namespace,
+                    "pod": pod,
+                }
+                self._layout[pod] = self.store.append_scrape(
+                    pod, time_s, engine_series(g, base))
+            else:
+                self.store.append_values(pod, time_s, layout, engine_values(g))
+        for target in self.store.targets():
             if target not in seen:
                 self.store.target_down(target, time_s)
+                self._layout.pop(target, None)
         self.scrapes += 1
 
     def advance(self, sim: ElasticSim, until_s: float) -> None:
@@ -168,6 +205,8 @@ class ReplayPrometheus:
 __all__ = [
     "ReplayPrometheus",
     "ScrapeConfig",
+    "engine_labels",
     "engine_series",
+    "engine_values",
     "vllm_bounds",
 ]

@@ -109,8 +109,8 @@ class PlannerContext:
             workload=workload,
             slo=self.slo,
             profiles=ProfileSet(instances=(self.prefill, self.decode)),
-            prefill_configs=(self.prefill.key,),
-            decode_configs=(self.decode.key,),
+            prefill_configs=(self.prefill.name,),
+            decode_configs=(self.decode.name,),
             prefill_bounds=bounds,
             decode_bounds=bounds,
             models=models or ModelChoice(),
@@ -267,7 +267,9 @@ class HpaPolicy:
                 else:
                     recommendation = math.ceil(ratio * pods - 1e-9)
             recommendation = self.context.clamp(recommendation)
-            history = self._history.setdefault(role, deque())
+            if role not in self._history:  # the deployment ran at its size before the replay
+                self._history[role] = deque([(now_s, current)])
+            history = self._history[role]
             history.append((now_s, recommendation))
             while history and history[0][0] < now_s - self.scale_down_window_s:
                 history.popleft()

@@ -68,15 +68,21 @@ class SampleStore:
         self.series: dict[Labels, Series] = {}
         self._by_target: dict[str, set[Labels]] = {}
         self._by_name: dict[str, list[Series]] = {}
+        self.version = 0  # changes whenever a series is added or dropped
 
     def append_scrape(
         self,
         target: str,
         time_s: float,
         samples: Iterable[tuple[Mapping[str, str], float]],
-    ) -> None:
-        """Store one target's scrape at ``time_s``; series it no longer exports go stale."""
+    ) -> list[Series]:
+        """Store one target's scrape at ``time_s``; series it no longer exports go stale.
+
+        Returns the scraped series in order, for :meth:`append_values` on later scrapes
+        of the same series.
+        """
         seen: set[Labels] = set()
+        out: list[Series] = []
         for labels, value in samples:
             key = labels_key(labels)
             s = self.series.get(key)
@@ -84,14 +90,32 @@ class SampleStore:
                 s = Series(dict(labels))
                 self.series[key] = s
                 self._by_name.setdefault(s.labels.get("__name__", ""), []).append(s)
+                self.version += 1
             if s.times_s and s.times_s[-1] >= time_s:
                 raise ValueError(f"out-of-order sample for {dict(labels)} at {time_s}")
             s.times_s.append(time_s)
             s.values.append(float(value))
             seen.add(key)
+            out.append(s)
         for key in self._by_target.get(target, set()) - seen:
             self._mark_stale(key, time_s)
         self._by_target[target] = seen
+        return out
+
+    def append_values(
+        self, target: str, time_s: float, series: Sequence[Series], values: Sequence[float]
+    ) -> None:
+        """A later scrape of exactly the series an earlier :meth:`append_scrape` returned."""
+        if len(series) != len(values):
+            raise ValueError(f"{target}: {len(values)} values for {len(series)} series")
+        for s, v in zip(series, values, strict=True):
+            if s.times_s and s.times_s[-1] >= time_s:
+                raise ValueError(f"out-of-order sample for {s.labels} at {time_s}")
+            s.times_s.append(time_s)
+            s.values.append(v)
+
+    def targets(self) -> list[str]:
+        return list(self._by_target)
 
     def target_down(self, target: str, time_s: float) -> None:
         """The target disappeared: a staleness marker on each of its series."""
@@ -118,6 +142,7 @@ class SampleStore:
                 del s.times_s[:cut]
                 del s.values[:cut]
             if not s.times_s:
+                self.version += 1
                 del self.series[key]
                 name = s.labels.get("__name__", "")
                 self._by_name[name] = [x for x in self._by_name[name] if x is not s]
@@ -526,6 +551,7 @@ class Engine:
         self.store = store
         self.semantics = semantics
         self._cache: dict[str, Node] = {}
+        self._selected: dict[tuple[str | None, tuple[Matcher, ...]], tuple[int, list[Series]]] = {}
 
     def query(self, text: str, time_s: float) -> list[tuple[dict[str, str], float]]:
         """An instant query, answered as ``(labels, value)`` pairs like the HTTP API's."""
@@ -542,8 +568,14 @@ class Engine:
 
     # -- selectors
     def _select(self, sel: Selector) -> list[Series]:
-        return [s for s in self.store.by_name(sel.name)
-                if all(m.matches(s.labels) for m in sel.matchers)]
+        key = (sel.name, sel.matchers)
+        cached = self._selected.get(key)
+        if cached is not None and cached[0] == self.store.version:
+            return cached[1]
+        found = [s for s in self.store.by_name(sel.name)
+                 if all(m.matches(s.labels) for m in sel.matchers)]
+        self._selected[key] = (self.store.version, found)
+        return found
 
     def instant(self, sel: Selector, t: float) -> Vector:
         out: Vector = []
@@ -565,15 +597,16 @@ class Engine:
             lo = (bisect_right if self.semantics.left_open_ranges else bisect_left)(s.times_s,
                                                                                   start)
             hi = bisect_right(s.times_s, t)
-            ts: list[float] = []
-            vs: list[float] = []
-            for k in range(lo, hi):
-                v = s.values[k]
-                if v is not None:
-                    ts.append(s.times_s[k])
-                    vs.append(v)
-            if ts:
-                out.append((s.labels, ts, vs))
+            if hi <= lo:
+                continue
+            raw = s.values[lo:hi]
+            if None in raw:
+                pairs = [(t_, v) for t_, v in zip(s.times_s[lo:hi], raw, strict=True)
+                         if v is not None]
+                if pairs:
+                    out.append((s.labels, [p[0] for p in pairs], [p[1] for p in pairs]))
+            else:
+                out.append((s.labels, s.times_s[lo:hi], raw))  # type: ignore[arg-type]
         return out
 
     # -- evaluation
