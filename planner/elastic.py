@@ -597,15 +597,23 @@ class ElasticSim:
     # ------------------------------------------------------------------ decode
     def _to_decode(self, i: int, t: float) -> None:
         steps = self._steps[i]
-        if steps <= 0:
-            ready_t = t + self._kvd[i]
-            self._first[i] = ready_t
-            self._finish[i] = ready_t
-            return
         best: _Replica | None = None
         for r in self._ready["decode"]:
             if best is None or r.assigned < best.assigned:
                 best = r
+        if steps <= 0:
+            # Nothing to decode: the first token is the last. A decode engine still answers
+            # the request (counted at once, its TTFT the KV transfer).
+            ready_t = t + self._kvd[i]
+            self._first[i] = ready_t
+            self._finish[i] = ready_t
+            c = best.counters if best is not None else None
+            if c is not None:
+                c.success += 1
+                c.prompt.observe(self._lin[i])
+                c.generation.observe(self._lout[i])
+                c.ttft.observe(self._kvd[i])
+            return
         if best is None:
             self._dhold.append(i)
             return
