@@ -43,7 +43,8 @@ KV transfer, admission wait and, with ``include_first_decode_step``, the first s
 inter-token latency histogram observes each decode step's duration once per sequence in the
 step (a sequence's first decode step after the prefill's token is counted as one step long).
 Gauges: running = sequences in the current iteration/batch; waiting = queued requests (the
-pooled prefill queue is split evenly across the ready replicas, so its sum is exact);
+pooled prefill queue is reported whole by the ready replica of lowest index, so that the sum is
+exact and no series jumps when replicas join);
 KV-cache usage = reserved tokens / capacity (a prefill replica holds the prompts of its
 current iteration, against the same capacity as a decode replica).
 """
@@ -774,10 +775,8 @@ class ElasticSim:
         if r.role == "prefill":
             running = float(len(r.batch))
             waiting = float(len(r.queue))
-            if self._pooled and r.state == "ready":
-                ready = self._ready["prefill"]
-                share, extra = divmod(len(self._pq), len(ready))
-                waiting = float(share + (1 if ready.index(r) < extra else 0))
+            if self._pooled and r.state == "ready" and self._ready["prefill"][0] is r:
+                waiting = float(len(self._pq))
             kv = r.batch_tokens
         else:
             running, waiting, kv = float(r.n), float(len(r.wait)), r.kv
