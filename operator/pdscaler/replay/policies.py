@@ -9,9 +9,12 @@ Baselines
 ``static``
     Fixed counts.
 ``clairvoyant``
-    For every window (5 min) the steady size the planner gives for that window's *actual*
-    requests (rate, joint lengths, burstiness), in place from the window's first second with no
-    start-up delay (``instant``): a floor no causal policy can beat on cost at equal SLOs.
+    For every window (5 min) the steady size for that window's *actual* requests, in place from
+    the window's first second with no start-up delay (``instant``): the planner's size for the
+    window's rate, joint lengths and burstiness (:func:`oracle_schedule`), or the fewest
+    replicas whose steady simulation of the window meets the SLO
+    (:func:`simulated_oracle_schedule`). A floor no causal policy can beat on cost at equal
+    SLOs (up to the effects of queues spilling across window edges).
 ``static-peak``
     The clairvoyant size of the busiest window, for the whole run.
 ``hpa``
@@ -40,7 +43,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -59,6 +62,7 @@ from planner import (
     plan,
 )
 from planner.fitting import FloatArray
+from planner.simulate import SimConfig, TraceReplay, simulate
 from planner.workload import Trace
 
 ROLES: tuple[Role, Role] = ("prefill", "decode")
@@ -186,6 +190,74 @@ def oracle_schedule(
         w = window_workload(arrival_s[mask], input_tokens[mask], output_tokens[mask], window_s)
         out.append(context.plan(w, models) if w is not None else
                    (context.min_replicas, context.min_replicas))
+    return out
+
+
+def _smallest(ok: Callable[[int], bool], start: int, cap: int) -> int:
+    """Smallest n in [1, cap] with ok(n) (monotone), searched from ``start``; ``cap`` if none."""
+    n = min(max(start, 1), cap)
+    if ok(n):
+        while n > 1 and ok(n - 1):
+            n -= 1
+        return n
+    low, step = n, 1
+    while True:
+        high = min(low + step, cap)
+        if high == cap and not ok(high):
+            return cap
+        if ok(high):
+            break
+        low, step = high, step * 2
+    while high - low > 1:
+        middle = (low + high) // 2
+        if ok(middle):
+            high = middle
+        else:
+            low = middle
+    return high
+
+
+def simulated_oracle_schedule(
+    context: PlannerContext,
+    truth: SimConfig,
+    arrival_s: FloatArray,
+    input_tokens: FloatArray,
+    output_tokens: FloatArray,
+    window_s: float = 300.0,
+    seed: int = 0,
+) -> list[tuple[int, int]]:
+    """Per window the fewest replicas whose steady *simulation* of that window's requests
+    meets the SLO: prefill searched alone (TTFT does not depend on decode), decode with
+    unlimited prefill; searches start at the planner's answer. ``truth`` gives the engines'
+    profiles, batching and TTFT budget (its replica counts are ignored)."""
+    slo = context.slo
+    windows = math.floor(float(arrival_s[-1]) / window_s) + 1 if arrival_s.size else 1
+    index = np.floor(arrival_s / window_s).astype(np.int64)
+    out: list[tuple[int, int]] = []
+    for k in range(windows):
+        mask = index == k
+        if not mask.any():
+            out.append((context.min_replicas, context.min_replicas))
+            continue
+        replay = TraceReplay(Trace(arrival_s[mask], input_tokens[mask], output_tokens[mask]))
+        w = window_workload(arrival_s[mask], input_tokens[mask], output_tokens[mask], window_s)
+        assert w is not None
+        start_p, start_d = context.plan(w)
+
+        def prefill_ok(n: int, replay: TraceReplay = replay) -> bool:
+            config = truth.model_copy(update={"decode": None, "prefill_replicas": n,
+                                              "samples": 2})
+            return simulate(config, replay, seed=seed).attainment(slo).ttft_met
+
+        def decode_ok(n: int, replay: TraceReplay = replay) -> bool:
+            config = truth.model_copy(update={"prefill_replicas": None, "decode_replicas": n,
+                                              "samples": 2})
+            return simulate(config, replay, seed=seed).attainment(slo).tpot_met
+
+        cap = context.max_replicas
+        p = max(_smallest(prefill_ok, start_p, cap), context.min_replicas)
+        d = max(_smallest(decode_ok, start_d, cap), context.min_replicas)
+        out.append((p, d))
     return out
 
 
@@ -364,6 +436,7 @@ __all__ = [
     "StaticPolicy",
     "oracle_schedule",
     "paper_policy",
+    "simulated_oracle_schedule",
     "static_peak",
     "window_workload",
 ]

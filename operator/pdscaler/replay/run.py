@@ -2,8 +2,10 @@ r"""The closed loop: a policy resizes the simulated pools from Prometheus-style 
 
 Every ``interval_s`` of simulated time, :func:`replay` advances the simulator (scraping every
 ``scrape_interval_s`` on the way), reads the observation the operator would read, asks the
-policy for desired replicas and applies them. After the last arrival the pools keep their
-size until every request has finished. GPU time is counted from 0 to the last arrival.
+policy for desired replicas and applies them (from ``warmup_s``, by default the PromQL window,
+so that the first decision sees a full window; a clairvoyant policy from time 0). After the
+last arrival the pools keep their size until every request has finished. GPU time is counted
+from 0 to the last arrival.
 
 Summary figures (:meth:`ReplayResult.summary`)
 ----------------------------------------------
@@ -46,12 +48,22 @@ class ReplayConfig:
     stats_window_s: float = 300.0
     minute_s: float = 60.0
     drain_limit_s: float = 3600.0
+    warmup_s: float | None = None
+    """The policy is first asked once the series are this old (default: the PromQL window),
+    as on a cluster whose series predate the decision; before, the pools keep their size."""
 
     def __post_init__(self) -> None:
         for key in ("interval_s", "stats_window_s", "minute_s", "drain_limit_s"):
             value = getattr(self, key)
             if not math.isfinite(value) or value <= 0:
                 raise ValueError(f"{key}={value!r} must be a finite number > 0")
+        if self.warmup_s is not None and not (math.isfinite(self.warmup_s)
+                                              and self.warmup_s >= 0):
+            raise ValueError(f"warmup_s={self.warmup_s!r} must be a finite number >= 0")
+
+    @property
+    def first_decision_s(self) -> float:
+        return self.scrape.window_s if self.warmup_s is None else self.warmup_s
 
 
 def _quantile(values: FloatArray, q: float) -> float:
@@ -221,9 +233,10 @@ def replay(
     while t <= horizon:
         prom.advance(sim, t)
         observation = prom.observe(t, slo.ttft_percentile, slo.tpot_percentile)
-        desired = policy.decide(t, observation, pools_of(sim))
-        for role in ROLES:
-            sim.set_replicas(role, int(desired[role]), t, instant=policy.instant)
+        if t >= cfg.first_decision_s or policy.instant:
+            desired = policy.decide(t, observation, pools_of(sim))
+            for role in ROLES:
+                sim.set_replicas(role, int(desired[role]), t, instant=policy.instant)
         pools = pools_of(sim)
         timeline["time_s"].append(t)
         for role in ROLES:
