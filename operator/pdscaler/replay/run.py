@@ -282,33 +282,43 @@ def plot_timeline(result: ReplayResult, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     minutes = result.windows(result.config.minute_s)
+    end_min = result.horizon_s / 60.0
+
+    def closed(x: list[float] | FloatArray, y: list[float] | FloatArray,
+               ) -> tuple[FloatArray, FloatArray]:
+        """Step data with the last value held to the horizon."""
+        xs, ys = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+        return np.append(xs, max(end_min, float(xs[-1]))), np.append(ys, ys[-1])
+
     m_t = np.asarray(minutes["start_s"]) / 60.0
     tl = result.timeline
     c_t = np.asarray(tl["time_s"]) / 60.0
     fig, axes = plt.subplots(5, 1, figsize=(9, 11), sharex=True)
-    axes[0].step(m_t, np.asarray(minutes["requests"]) / result.config.minute_s, where="post",
-                 label="arrivals")
+    axes[0].step(*closed(m_t, np.asarray(minutes["requests"]) / result.config.minute_s),
+                 where="post", label="arrivals")
     axes[0].plot(c_t, tl["observed_rate_per_s"], ".", ms=3, label="observed (Prometheus)")
     axes[0].set_ylabel("requests/s")
     for ax, role in zip(axes[1:3], ROLES, strict=True):
-        ax.step(c_t, tl[f"{role}_desired"], where="post", label="desired")
-        ax.step(c_t, tl[f"{role}_ready"], where="post", label="ready")
+        ax.step(*closed(c_t, tl[f"{role}_desired"]), where="post", label="desired")
+        ax.step(*closed(c_t, tl[f"{role}_ready"]), where="post", label="ready", ls="--")
         ax.set_ylabel(f"{role} replicas")
     q_ttft, q_tpot = 100 * result.ttft_q, 100 * result.tpot_q
-    axes[3].plot(m_t, minutes["ttft_q_s"], drawstyle="steps-post", label=f"TTFT p{q_ttft:g}")
+    axes[3].plot(*closed(m_t, minutes["ttft_q_s"]), drawstyle="steps-post",
+                 label=f"TTFT p{q_ttft:g}")
     axes[3].axhline(result.slo.ttft_s, color="k", ls="--", lw=0.8)
     axes[3].set_ylabel("TTFT s")
     axes[3].set_yscale("log")
     ax2 = axes[3].twinx()
-    ax2.plot(m_t, 1000.0 * np.asarray(minutes["tpot_q_s"]), color="C1",
+    ax2.plot(*closed(m_t, 1000.0 * np.asarray(minutes["tpot_q_s"])), color="C1",
              drawstyle="steps-post", label=f"TPOT p{q_tpot:g}")
     ax2.axhline(result.slo.tpot_ms, color="C1", ls=":", lw=0.8)
     ax2.set_ylabel("TPOT ms")
-    axes[4].step(c_t, tl["gpus"], where="post")
+    axes[4].step(*closed(c_t, tl["gpus"]), where="post")
     axes[4].set_ylabel("GPUs")
     axes[4].set_xlabel("minutes")
-    for ax in axes[:3]:
+    for ax in axes[:4]:
         ax.legend(loc="upper left", fontsize=7)
+    ax2.legend(loc="upper right", fontsize=7)
     axes[0].set_title(f"{result.policy}: {result.summary()['within_slo']:.3f} within SLO, "
                       f"{result.gpu_seconds / 3600:.1f} GPU-h")
     fig.tight_layout()
