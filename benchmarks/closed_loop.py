@@ -277,8 +277,8 @@ def _fmt(value: Any, spec: str) -> str:
 
 def table(rows: list[dict[str, Any]]) -> str:
     lines = ["| case | policy | requests | GPU-h | within SLO | 5-min windows met | "
-             "violation min | scale events P/D | recovery s | wall s |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "violation min | scale events P/D | recovery s | wall s | CPU s |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s in rows:
         case = f"{s['deployment']} {s['workload']} d={s['delay_s']:g}s"
         ev = s["scale_events"]
@@ -286,7 +286,8 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"| {case} | {s['policy']} | {s['requests']} | {_fmt(s['gpu_hours'], '.1f')} | "
             f"{_fmt(s['within_slo'], '.3f')} | {_fmt(s['windows_met'], '.2f')} | "
             f"{s['violation_minutes']} | {ev.get('prefill', 0)}/{ev.get('decode', 0)} | "
-            f"{_fmt(s.get('recovery_s'), '.0f')} | {_fmt(s['wall_s'], '.1f')} |")
+            f"{_fmt(s.get('recovery_s'), '.0f')} | {_fmt(s['wall_s'], '.1f')} | "
+            f"{_fmt(s['cpu_s'], '.1f')} |")
     return "\n".join(lines)
 
 

@@ -89,6 +89,7 @@ class ReplayResult:
     timeline: dict[str, list[float]]
     scale_events: dict[str, int]
     wall_s: float = 0.0
+    cpu_s: float = 0.0
 
     @property
     def ttft_q(self) -> float:
@@ -161,6 +162,7 @@ class ReplayResult:
             f"ttft_p{100 * self.ttft_q:g}_s": _quantile(self.ttft_s, self.ttft_q),
             f"tpot_p{100 * self.tpot_q:g}_ms": 1000.0 * _quantile(self.tpot_s, self.tpot_q),
             "wall_s": self.wall_s,
+            "cpu_s": self.cpu_s,
         }
         if step_s is not None:
             out["recovery_s"] = self.recovery_s(step_s)
@@ -218,6 +220,7 @@ def replay(
 ) -> ReplayResult:
     """Run ``policy`` in the loop over ``sim``'s requests (module docstring)."""
     started = time.perf_counter()
+    cpu_started = time.process_time()
     cfg = config or ReplayConfig()
     if sim.now_s != 0.0:
         raise ValueError("replay needs a fresh simulator (time 0)")
@@ -268,6 +271,7 @@ def replay(
         timeline=timeline,
         scale_events=events,
         wall_s=time.perf_counter() - started,
+        cpu_s=time.process_time() - cpu_started,
     )
 
 
