@@ -60,6 +60,26 @@ def test_rate_zero_point_cap_order_differs_between_releases() -> None:
     assert extrapolated_rate(*args, is_rate=False, zero_cap_first=True) == pytest.approx(40.0)
 
 
+def test_rate_gap_threshold_is_1_1_mean_spacings() -> None:
+    """Values 100, 115, 130 at 17.25, 32.25, 47.25 s in [0, 60]: a = 15, threshold 16.5.
+    The start gap 17.25 ≥ 16.5 becomes 7.5; the end gap 12.75 < 16.5 is kept:
+    increase = 30 · (30 + 7.5 + 12.75)/30 = 50.25. Samples at 0, 15, 30 s: start gap 0, end
+    gap 30 → 7.5: increase = 30 · 37.5/30 = 37.5."""
+    assert extrapolated_rate([17.25, 32.25, 47.25], [100, 115, 130], 0.0, 60.0,
+                             is_rate=False) == pytest.approx(50.25)
+    assert extrapolated_rate([0.0, 15.0, 30.0], [100, 115, 130], 0.0, 60.0,
+                             is_rate=False) == pytest.approx(37.5)
+
+
+def test_rate_start_capped_at_the_counters_zero_point() -> None:
+    """Values 1, 16, 31, 46 at 5..50 s in [0, 60]: Δ = 45; the zero point is 45 · 1/45 = 1 s
+    before the first sample, nearer than the 5 s gap: increase = 45 · (45 + 1 + 10)/45 = 56.
+    rate() divides by the range: over [0, 120] with 0..120 at every 15 s, exactly 1/s."""
+    assert extrapolated_rate(T, [1, 16, 31, 46], 0.0, 60.0, is_rate=False) == pytest.approx(56)
+    times = [15.0 * k for k in range(9)]
+    assert extrapolated_rate(times, times, 0.0, 120.0) == pytest.approx(1.0)
+
+
 def test_rate_needs_two_samples() -> None:
     assert extrapolated_rate([5.0], [1.0], 0.0, 60.0) is None
 
@@ -95,9 +115,10 @@ def test_histogram_quantile_interpolates_linearly_in_the_bucket(q: float, expect
 def test_histogram_quantile_edge_cases() -> None:
     assert math.isnan(bucket_quantile(0.5, [(0.1, 1.0), (0.5, 2.0)]))  # no +Inf bucket
     assert math.isnan(bucket_quantile(0.5, [(0.1, 0.0), (math.inf, 0.0)]))  # no observations
-    # A decreasing count (counter noise) is raised to the running maximum: (0.5: 8 → 10).
-    assert bucket_quantile(0.5, [(0.1, 10.0), (0.5, 8.0), (math.inf, 20.0)]) == pytest.approx(
-        0.1)
+    # A decreasing count (counter noise) is raised to the running maximum: (1: 8 → 10), so
+    # rank 12 lies in (1, 2] with 16 - 10 = 6 counts: 1 + 1 · (12 - 10)/6 = 1.333.
+    dip = [(0.1, 4.0), (0.5, 10.0), (1.0, 8.0), (2.0, 16.0), (math.inf, 20.0)]
+    assert bucket_quantile(0.6, dip) == pytest.approx(4 / 3)
 
 
 def _store() -> SampleStore:
