@@ -266,3 +266,75 @@ def test_engine_counters_match_the_requests() -> None:
     assert decode_ttft == pytest.approx(0.004 * n)
     gauges = list(sim.replica_metrics())
     assert all(g.running == 0 and g.waiting == 0 and g.kv_cache_usage == 0 for g in gauges)
+
+
+def test_draining_decode_replica_waits_for_sequences_in_kv_transfer() -> None:
+    """KV transfer takes 0.5 s. A (0 s) decodes from 0.65 s; B (0.5 s) is in transfer from
+    0.65 s to 1.15 s. Removed at 0.66 s, the replica finishes A, stays for B, then leaves."""
+    sim = ElasticSim(_config(ttft_budget=TTFTBudget(kv_transfer_fixed_s=0.5)), [0.0, 0.5],
+                     [1000.0, 1000.0], [3.0, 3.0])
+    sim.set_replicas("decode", 0, 0.66)
+    sim.advance_to(1.0)
+    assert sim.counts("decode")["draining"] == 1 and math.isfinite(sim.finish_s()[0])
+    sim.run_to_completion()
+    assert sim.counts("decode")["gone"] == 1 and math.isfinite(sim.finish_s()[1])
+
+
+def test_scale_down_cancels_the_pending_replica_not_the_starting_one() -> None:
+    sim = ElasticSim(_config(gpu_capacity=7, initial_prefill=2), [0.0], [1000.0], [2.0])
+    sim.set_replicas("prefill", 4, 1.0)
+    sim.set_replicas("prefill", 3, 2.0)
+    assert [r.state for r in sim.replicas("prefill")] == ["ready", "ready", "starting", "gone"]
+
+
+def test_least_recently_busy_prefill_and_lowest_index_decode_take_requests() -> None:
+    """Two idle prefill replicas: the first request goes to replica 0, which is busy until
+    0.15 s and then idle behind replica 1, so the second request (1 s) goes to replica 1.
+    Decode: equal loads, the lowest index (replica 0) takes each sequence."""
+    sim = ElasticSim(_config(initial_prefill=2, initial_decode=2), [0.0, 1.0], [1000.0] * 2,
+                     [2.0] * 2, metric_bounds=BOUNDS)
+    sim.run_to_completion()
+    pre = [r.counters.success for r in sim.replicas("prefill") if r.counters is not None]
+    dec = [r.counters.success for r in sim.replicas("decode") if r.counters is not None]
+    assert pre == [1.0, 1.0] and dec == [2.0, 0.0]
+
+
+def test_gauges_while_serving() -> None:
+    """During the prefill (0..0.15 s) the prefill replica runs one request and holds its 1000
+    prompt tokens (1 % of 100,000); during decode the decode replica reserves L_in + L_out =
+    1100 tokens (1.1 %)."""
+    sim = ElasticSim(_config(), [0.0, 0.01], [1000.0, 1000.0], [100.0, 100.0],
+                     metric_bounds=BOUNDS)
+    sim.advance_to(0.1)
+    prefill = sim.replicas("prefill")[0]
+    assert (prefill.running, prefill.waiting) == (1.0, 1.0)
+    assert prefill.kv_cache_usage == pytest.approx(0.01)
+    sim.advance_to(0.2)
+    decode = sim.replicas("decode")[0]
+    assert decode.running == 1.0 and decode.kv_cache_usage == pytest.approx(0.011)
+    sim.run_to_completion()
+    counters = sim.replicas("prefill")[0].counters
+    assert counters is not None and counters.generation.sum == 2.0  # one token per prefill
+
+
+def test_pooled_queue_is_reported_by_the_first_ready_replica() -> None:
+    """Two replicas, five simultaneous prompts, one per iteration: two run, three wait in the
+    pooled queue; replica 0 reports all three (the sum is the queue), replica 1 none."""
+    sim = ElasticSim(_config(initial_prefill=2, prefill_token_budget=None), np.zeros(5),
+                     np.full(5, 1000.0), np.full(5, 2.0))
+    sim.advance_to(0.01)
+    assert [(g.running, g.waiting) for g in sim.replicas("prefill")] == [(1.0, 3.0),
+                                                                         (1.0, 0.0)]
+
+
+def test_request_tpot_histogram_sums_the_per_request_tpot() -> None:
+    rng = np.random.default_rng(4)
+    n = 200
+    lout = rng.integers(1, 40, n).astype(float)
+    sim = ElasticSim(_config(initial_decode=2), np.sort(rng.uniform(0, 20, n)),
+                     np.full(n, 1000.0), lout, metric_bounds=BOUNDS)
+    sim.run_to_completion()
+    total = sum(r.counters.tpot.sum for r in sim.replicas("decode") if r.counters is not None)
+    assert total == pytest.approx(float(np.nansum(sim.tpot_s())))
+    count = sum(r.counters.tpot.count for r in sim.replicas("decode") if r.counters is not None)
+    assert count == int(np.sum(lout > 1))
