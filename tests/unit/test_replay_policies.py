@@ -142,3 +142,19 @@ def test_pdscaler_policy_is_a_marked_placeholder() -> None:
     ctx = PlannerContext(PAPER.instances[0], PAPER.instances[1], SLO_MEAN)
     with pytest.raises(NotImplementedError, match="tick"):
         PdscalerPolicy(ctx).decide(0.0, _obs(), _pools(1, 1))
+
+
+def test_decode_throughput_at_the_itl_target_within_the_kv_cache() -> None:
+    """Test profile (TPOT 10/12/16 ms at batch 1/2/4 and context 1000; 20/24/32 ms at 2000),
+    prompts 1000 and outputs 200: mean context 1100, TPOT 11, 13.2, 15.4, 17.6 ms at batch
+    1..4. Target 20 ms: batch 4 gives 4/0.0176 = 227.27 tokens/s. A 3000-token KV cache
+    holds two 1200-token sequences: 2/0.0132 = 151.52 tokens/s."""
+    from tests.unit.test_replay_elastic import DECODE
+
+    ctx = PlannerContext(PREFILL, DECODE, SLO(ttft_s=1.0, tpot_ms=20.0))
+    assert ctx.decode_throughput_tokens_per_s(1000, 200) == pytest.approx(4 / 0.0176)
+    assert DECODE.decode is not None
+    small = DECODE.model_copy(update={"decode": DECODE.decode.model_copy(
+        update={"kv_cache_capacity_tokens": 3000})})
+    small_ctx = PlannerContext(PREFILL, small, SLO(ttft_s=1.0, tpot_ms=20.0))
+    assert small_ctx.decode_throughput_tokens_per_s(1000, 200) == pytest.approx(2 / 0.0132)

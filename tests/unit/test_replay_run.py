@@ -117,6 +117,38 @@ def test_summary_windows_minutes_and_recovery() -> None:
     assert _result([5.0] * 60, [0.01] * 60, arrival).recovery_s(0.0) is None
 
 
+def test_summary_needs_both_targets_and_a_held_recovery() -> None:
+    """Eight minutes of ten requests: TTFT 5 s in minutes 1, 2 and 4; TPOT 30 ms for all of
+    minute 6. Violation minutes 1, 2, 4, 6: four. After a step at 60 s no minute starts three
+    good ones (3 is followed by bad 4, 5 by bad 6, and 7 has no two minutes after it); with a
+    hold of one minute, minute 3: 120 s. A request that never finished counts
+    as outside even with a TTFT in time and no TPOT."""
+    arrival = [m * 60.0 + k for m in range(8) for k in range(10)]
+    ttft = [5.0 if int(a // 60) in (1, 2, 4) else 0.5 for a in arrival]
+    tpot = [0.030 if int(a // 60) == 6 else 0.010 for a in arrival]
+    r = _result(ttft, tpot, arrival)
+    assert r.summary()["violation_minutes"] == 4
+    assert r.recovery_s(60.0) is None
+    assert r.recovery_s(60.0, hold=1) == 120.0
+    tpot[0] = math.nan
+    unfinished = _result(ttft, tpot, arrival)
+    unfinished.finished[0] = False
+    assert unfinished.within().sum() == r.within().sum() - 1
+
+
+def test_policy_is_first_asked_after_a_full_window() -> None:
+    calls: list[float] = []
+
+    class Recorder(StaticPolicy):
+        def decide(self, now_s, observation, pools):  # type: ignore[no-untyped-def]
+            calls.append(now_s)
+            return super().decide(now_s, observation, pools)
+
+    replay(_sim(n=2500), Recorder(4, 4), SLO_P90,
+           ReplayConfig(interval_s=30.0, scrape=ScrapeConfig(window_s=60.0)))
+    assert calls[0] == 60.0 and calls[1] == 90.0
+
+
 def test_json_and_plot_of_a_replay(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     result = replay(_sim(n=600), StaticPolicy(4, 4), SLO_P90)
