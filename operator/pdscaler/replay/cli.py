@@ -1,0 +1,165 @@
+"""``pdscaler replay``: one policy in the closed loop over a trace (``docs/closed-loop.md``).
+
+Registered by :func:`add_replay_parser` (like the other commands); also runs on its own as
+``python -m pdscaler.replay``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from pdscaler.cli_args import number, parse_percentile
+from pdscaler.inputs import load_profile, load_trace
+from pdscaler.replay.observe import ScrapeConfig, vllm_bounds
+from pdscaler.replay.policies import (
+    ClairvoyantPolicy,
+    DynamoPolicy,
+    HpaPolicy,
+    PlannerContext,
+    PlannerPolicy,
+    Policy,
+    StaticPolicy,
+    oracle_schedule,
+    paper_policy,
+    simulated_oracle_schedule,
+    static_peak,
+)
+from pdscaler.replay.run import ReplayConfig, plot_timeline, replay
+from pdscaler.replay.traces import from_trace, scale_rate
+from planner import SLO, InstanceProfile, ProfileSet
+from planner.elastic import ElasticConfig, ElasticSim
+from planner.simulate import SimConfig
+
+POLICY_NAMES = ("static", "static-peak", "clairvoyant", "hpa", "dynamo", "paper", "planner")
+
+
+def _pick(profiles: ProfileSet, role: str, config: str | None, flag: str) -> InstanceProfile:
+    options = profiles.for_role(role)  # type: ignore[arg-type]
+    if not options:
+        raise ValueError(f"{flag}: the profile has no {role} instance")
+    if config is None:
+        return options[0]
+    for inst in options:
+        if inst.name == config:
+            return inst
+    raise ValueError(f"--config: {config!r} not in the profile; known: "
+                     f"{', '.join(i.name for i in options)}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    positive = number(float, 0.0, False)
+    non_negative = number(float, 0.0, True)
+    count = number(int, 0, True)
+    parser.add_argument("--trace", required=True, help="trace CSV (Azure LLM inference format)")
+    parser.add_argument("--profile", required=True,
+                        help="the engines' truth: paper, a profile file, a Dynamo or "
+                        "aiconfigurator folder")
+    parser.add_argument("--planner-profile", default=None,
+                        help="the profile the policies are given (default: --profile)")
+    parser.add_argument("--config", default=None, help="profile config name, e.g. h200-tp2")
+    parser.add_argument("--policy", choices=POLICY_NAMES, default="planner")
+    parser.add_argument("--prefill", type=count, default=None,
+                        help="initial (static: fixed) prefill replicas; default the oracle's")
+    parser.add_argument("--decode", type=count, default=None)
+    parser.add_argument("--ttft-s", type=positive, required=True)
+    parser.add_argument("--ttft-percentile", type=parse_percentile, default=0.9)
+    parser.add_argument("--tpot-ms", type=positive, required=True)
+    parser.add_argument("--tpot-percentile", type=parse_percentile, default=0.9)
+    parser.add_argument("--rate-scale", type=positive, default=1.0,
+                        help="multiply the trace's rate, shape kept")
+    parser.add_argument("--duration-s", type=positive, default=None)
+    parser.add_argument("--startup-s", type=non_negative, default=120.0)
+    parser.add_argument("--startup-spread-s", type=non_negative, default=0.0)
+    parser.add_argument("--gpu-capacity", type=number(int, 1, True), default=None)
+    parser.add_argument("--interval-s", type=positive, default=30.0)
+    parser.add_argument("--scrape-interval-s", type=positive, default=15.0)
+    parser.add_argument("--window-s", type=positive, default=120.0)
+    parser.add_argument("--oracle", choices=("planner", "simulator"), default="planner")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", type=Path, default=None, help="write the JSON record here")
+    parser.add_argument("--plot", type=Path, default=None, help="write the timeline PNG here")
+
+
+def run(args: argparse.Namespace) -> int:
+    truth = load_profile(args.profile)
+    given = load_profile(args.planner_profile) if args.planner_profile else truth
+    prefill = _pick(truth, "prefill", args.config, "--profile")
+    decode = _pick(truth, "decode", args.config, "--profile")
+    slo = SLO(ttft_s=args.ttft_s, ttft_percentile=args.ttft_percentile, tpot_ms=args.tpot_ms,
+              tpot_percentile=args.tpot_percentile)
+    context = PlannerContext(_pick(given, "prefill", args.config, "--planner-profile"),
+                             _pick(given, "decode", args.config, "--planner-profile"), slo)
+    rng = np.random.default_rng(args.seed)
+    requests = from_trace(load_trace(args.trace), Path(args.trace).name)
+    if args.rate_scale != 1.0:
+        requests = scale_rate(requests, args.rate_scale, rng)
+    arrival, lin, lout = requests.arrival_s, requests.input_tokens, requests.output_tokens
+    if args.duration_s is not None:
+        keep = arrival < args.duration_s
+        arrival, lin, lout = arrival[keep], lin[keep], lout[keep]
+    if args.oracle == "simulator":
+        schedule = simulated_oracle_schedule(
+            context, SimConfig(prefill=prefill, decode=decode), arrival, lin, lout,
+            seed=args.seed)
+    else:
+        schedule = oracle_schedule(context, arrival, lin, lout)
+    first_p = args.prefill if args.prefill is not None else schedule[0][0]
+    first_d = args.decode if args.decode is not None else schedule[0][1]
+    policy: Policy
+    if args.policy == "static":
+        policy = StaticPolicy(first_p, first_d)
+    elif args.policy == "static-peak":
+        policy = static_peak(schedule)
+        first_p, first_d = policy.prefill, policy.decode
+    elif args.policy == "clairvoyant":
+        policy = ClairvoyantPolicy(schedule)
+    elif args.policy == "hpa":
+        policy = HpaPolicy(context, prefill_backlog_target_s=slo.ttft_s / 2.0)
+    elif args.policy == "dynamo":
+        policy = DynamoPolicy(context)
+    elif args.policy == "paper":
+        policy = paper_policy(context)
+    else:
+        policy = PlannerPolicy(context)
+    config = ElasticConfig(prefill=prefill, decode=decode, initial_prefill=first_p,
+                           initial_decode=first_d, startup_s=args.startup_s,
+                           startup_spread_s=args.startup_spread_s,
+                           gpu_capacity=args.gpu_capacity)
+    sim = ElasticSim(config, arrival, lin, lout, seed=args.seed, metric_bounds=vllm_bounds())
+    result = replay(sim, policy, slo, ReplayConfig(
+        interval_s=args.interval_s,
+        scrape=ScrapeConfig(scrape_interval_s=args.scrape_interval_s, window_s=args.window_s)))
+    if args.output is not None:
+        result.write_json(args.output)
+    if args.plot is not None:
+        plot_timeline(result, args.plot)
+    print(json.dumps(result.to_json()["summary"], indent=1))
+    return 0
+
+
+def add_replay_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "replay", help="run a scaling policy in a closed loop over a trace (simulated)",
+        description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    parser.set_defaults(handler=run)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pdscaler replay", description=__doc__)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except (ValueError, OSError) as exc:
+        print(f"pdscaler replay: error: {exc}", file=sys.stderr)
+        return 2
+
+
+__all__ = ["add_replay_parser", "main"]

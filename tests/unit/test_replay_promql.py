@@ -1,0 +1,254 @@
+"""The Prometheus stand-in: rate/increase, deriv, histogram_quantile against hand arithmetic;
+selectors, staleness, aggregations; the operator's reader on scraped simulator series."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from pdscaler.metrics_reader import RoleQuery, combined_query, role_expressions
+from pdscaler.replay.observe import ReplayPrometheus, ScrapeConfig, engine_series, vllm_bounds
+from pdscaler.replay.promql import (
+    PROMETHEUS_2_42,
+    PROMETHEUS_3,
+    Engine,
+    PromQLError,
+    SampleStore,
+    bucket_quantile,
+    extrapolated_rate,
+    linear_slope,
+    parse,
+)
+
+from planner import Workload
+from planner.elastic import ElasticConfig, ElasticSim
+from planner.paper import paper_profiles
+
+T = [5.0, 20.0, 35.0, 50.0]
+
+
+def test_rate_regular_samples_extrapolate_to_both_ends() -> None:
+    """Values 10, 25, 40, 55 at 5, 20, 35, 50 s; range [0, 60].
+    Δ = 45, sampled s = 45, spacing a = 15, threshold 16.5; gap to start 5 (kept: the zero
+    point is 45·10/45 = 10 s back, farther), gap to end 10 (kept).
+    increase = 45 · (45 + 5 + 10) / 45 = 60; rate = 60 / 60 = 1."""
+    assert extrapolated_rate(T, [10, 25, 40, 55], 0.0, 60.0, is_rate=False) == pytest.approx(60)
+    assert extrapolated_rate(T, [10, 25, 40, 55], 0.0, 60.0) == pytest.approx(1.0)
+
+
+def test_rate_counter_reset_adds_the_value_before_the_drop() -> None:
+    """Values 10, 20, 5, 15: Δ = 15 - 10 + 20 = 25; zero point 45·10/25 = 18 s back (> 5);
+    increase = 25 · 60/45 = 33.33; rate = 0.5556."""
+    assert extrapolated_rate(T, [10, 20, 5, 15], 0.0, 60.0, is_rate=False) == pytest.approx(
+        100 / 3)
+    assert extrapolated_rate(T, [10, 20, 5, 15], 0.0, 60.0) == pytest.approx(100 / 180)
+
+
+def test_rate_far_first_sample_extrapolates_half_a_spacing() -> None:
+    """Values 100, 115, 130 at 30, 45, 60 s; range [0, 60]: gap to start 30 ≥ 16.5, so
+    a/2 = 7.5 (zero point 100 s back, farther); increase = 30 · (30 + 7.5 + 0)/30 = 37.5."""
+    assert extrapolated_rate([30, 45, 60], [100, 115, 130], 0.0, 60.0, is_rate=False) == 37.5
+
+
+def test_rate_zero_point_cap_order_differs_between_releases() -> None:
+    """Values 10, 25, 40 at 30, 45, 60 s; range [0, 60]: gap to start 30, zero point
+    30·10/30 = 10 s back. Prometheus 3 (and 2.52+): threshold first, 30 ≥ 16.5 → 7.5, then
+    min(7.5, 10) = 7.5: increase 30 · 37.5/30 = 37.5. Prometheus 2.42: min(30, 10) = 10 first,
+    10 < 16.5 kept: increase 30 · 40/30 = 40."""
+    args = ([30.0, 45.0, 60.0], [10.0, 25.0, 40.0], 0.0, 60.0)
+    assert extrapolated_rate(*args, is_rate=False) == pytest.approx(37.5)
+    assert extrapolated_rate(*args, is_rate=False, zero_cap_first=True) == pytest.approx(40.0)
+
+
+def test_rate_gap_threshold_is_1_1_mean_spacings() -> None:
+    """Values 100, 115, 130 at 17.25, 32.25, 47.25 s in [0, 60]: a = 15, threshold 16.5.
+    The start gap 17.25 ≥ 16.5 becomes 7.5; the end gap 12.75 < 16.5 is kept:
+    increase = 30 · (30 + 7.5 + 12.75)/30 = 50.25. Samples at 0, 15, 30 s: start gap 0, end
+    gap 30 → 7.5: increase = 30 · 37.5/30 = 37.5."""
+    assert extrapolated_rate([17.25, 32.25, 47.25], [100, 115, 130], 0.0, 60.0,
+                             is_rate=False) == pytest.approx(50.25)
+    assert extrapolated_rate([0.0, 15.0, 30.0], [100, 115, 130], 0.0, 60.0,
+                             is_rate=False) == pytest.approx(37.5)
+
+
+def test_rate_start_capped_at_the_counters_zero_point() -> None:
+    """Values 1, 16, 31, 46 at 5..50 s in [0, 60]: Δ = 45; the zero point is 45 · 1/45 = 1 s
+    before the first sample, nearer than the 5 s gap: increase = 45 · (45 + 1 + 10)/45 = 56.
+    rate() divides by the range: over [0, 120] with 0..120 at every 15 s, exactly 1/s."""
+    assert extrapolated_rate(T, [1, 16, 31, 46], 0.0, 60.0, is_rate=False) == pytest.approx(56)
+    times = [15.0 * k for k in range(9)]
+    assert extrapolated_rate(times, times, 0.0, 120.0) == pytest.approx(1.0)
+
+
+def test_rate_needs_two_samples() -> None:
+    assert extrapolated_rate([5.0], [1.0], 0.0, 60.0) is None
+
+
+def test_deriv_is_the_least_squares_slope() -> None:
+    """(0, 2), (15, 5), (30, 11): mean t 15, mean v 6; cov = (-15)(-4) + 0 + 15·5 = 135;
+    var = 225 + 0 + 225 = 450; slope 0.3 per second. A constant series has slope 0."""
+    assert linear_slope([0, 15, 30], [2, 5, 11]) == pytest.approx(0.3)
+    assert linear_slope([100, 115, 130], [2, 5, 11]) == pytest.approx(0.3)
+    assert linear_slope([0, 15], [7, 7]) == 0.0
+    assert linear_slope([0], [7]) is None
+
+
+BUCKETS = [(0.1, 10.0), (0.5, 40.0), (1.0, 45.0), (math.inf, 50.0)]
+
+
+@pytest.mark.parametrize(
+    ("q", "expected"),
+    [
+        (0.5, 0.3),  # rank 25 in (0.1, 0.5]: 0.1 + 0.4 · (25 - 10)/(40 - 10)
+        (0.1, 0.05),  # rank 5 in (0, 0.1]: 0 + 0.1 · 5/10
+        (0.85, 0.75),  # rank 42.5 in (0.5, 1]: 0.5 + 0.5 · (42.5 - 40)/(45 - 40)
+        (0.95, 1.0),  # rank 47.5 in the +Inf bucket: the largest finite bound
+        (1.5, math.inf),
+        (-0.1, -math.inf),
+    ],
+)
+def test_histogram_quantile_interpolates_linearly_in_the_bucket(q: float, expected: float
+                                                                ) -> None:
+    assert bucket_quantile(q, BUCKETS) == pytest.approx(expected)
+
+
+def test_histogram_quantile_edge_cases() -> None:
+    assert math.isnan(bucket_quantile(0.5, [(0.1, 1.0), (0.5, 2.0)]))  # no +Inf bucket
+    assert math.isnan(bucket_quantile(0.5, [(0.1, 0.0), (math.inf, 0.0)]))  # no observations
+    # A decreasing count (counter noise) is raised to the running maximum: (1: 8 → 10), so
+    # rank 12 lies in (1, 2] with 16 - 10 = 6 counts: 1 + 1 · (12 - 10)/6 = 1.333.
+    dip = [(0.1, 4.0), (0.5, 10.0), (1.0, 8.0), (2.0, 16.0), (math.inf, 20.0)]
+    assert bucket_quantile(0.6, dip) == pytest.approx(4 / 3)
+
+
+def _store() -> SampleStore:
+    """Two pods, scraped at 0, 15, 30, 45, 60 s: counter c (pod a: 0, 15, 30, 45, 60; pod b:
+    0, 30, 60, 90, 120), gauge g (a: 1..5; b: 10, 20, 30, 40, 50) and a histogram h."""
+    store = SampleStore()
+    for k in range(5):
+        t = 15.0 * k
+        for pod, slope, g in (("a", 1.0, k + 1.0), ("b", 2.0, 10.0 * (k + 1))):
+            base = {"pod": pod, "job": "j"}
+            samples = [({"__name__": "c_total", **base}, slope * t),
+                       ({"__name__": "g", **base}, g)]
+            for le, per_s in (("0.1", 1.0), ("0.5", 4.0), ("+Inf", 5.0)):
+                samples.append(({"__name__": "h_bucket", **base, "le": le}, per_s * t))
+            store.append_scrape(pod, t, samples)
+    return store
+
+
+def _one(result: list[tuple[dict[str, str], float]]) -> float:
+    assert len(result) == 1 and result[0][0] == {}
+    return result[0][1]
+
+
+def test_engine_sum_of_rates_and_quantile_of_summed_buckets() -> None:
+    """At 60 s over [60s]: pod a's counter rises 1/s with samples on both ends (no
+    extrapolation, zero point at the first sample): rate 1; pod b: 2; sum 3. Buckets rise at
+    2, 8, 10 per s in sum: rank 5 in (0.1, 0.5]: 0.1 + 0.4 · (5 - 2)/(8 - 2) = 0.3."""
+    engine = Engine(_store(), PROMETHEUS_2_42)
+    assert _one(engine.query("sum(rate(c_total[60s]))", 60.0)) == pytest.approx(3.0)
+    result = engine.query('histogram_quantile(0.5, sum by (le) (rate(h_bucket{job="j"}[1m])))',
+                          60.0)
+    assert _one(result) == pytest.approx(0.3)
+    assert engine.query('count(g{pod=~"a|b"})', 60.0) == [({}, 2.0)]
+    assert engine.query("avg(g)", 60.0) == [({}, 27.5)]
+    assert engine.query("time() - max(timestamp(g))", 70.0) == [({}, 10.0)]
+    assert _one(engine.query("sum(deriv(g[60s]))", 60.0)) == pytest.approx(1 / 15 + 10 / 15)
+    tagged = engine.query('label_replace(sum(g), "q", "x", "", "") or '
+                          'label_replace(count(g), "q", "y", "", "")', 60.0)
+    assert tagged == [({"q": "x"}, 55.0), ({"q": "y"}, 2.0)]
+    assert engine.query('sum(c_total{pod="none"})', 60.0) == []
+    assert engine.query("sum(rate(c_total[60s])) / sum(rate(c_total[60s]))", 60.0) == [
+        ({}, 1.0)]
+
+
+def test_range_ends_closed_in_2_42_and_left_open_in_3() -> None:
+    """Counter 0, 0, 20, 20, 40 at 0, 15, 30, 45, 60 s; [45s] at 60 s. Prometheus 2.42 takes
+    the samples at 15..60 s (start included): Δ = 40 over 45 s, first sample on the start:
+    increase 40. Prometheus 3 drops the one at 15 s: 20, 20, 40 at 30..60 s, Δ = 20 over
+    30 s, gap to start 15 < 16.5 kept (zero point 30·20/20 = 30 s back, farther):
+    increase = 20 · (30 + 15)/30 = 30."""
+    store = SampleStore()
+    for t, v in zip((0.0, 15.0, 30.0, 45.0, 60.0), (0.0, 0.0, 20.0, 20.0, 40.0), strict=True):
+        store.append_scrape("a", t, [({"__name__": "c_total", "pod": "a"}, v)])
+    q = "increase(c_total[45s])"
+    assert Engine(store, PROMETHEUS_2_42).query(q, 60.0)[0][1] == pytest.approx(40.0)
+    assert Engine(store, PROMETHEUS_3).query(q, 60.0)[0][1] == pytest.approx(30.0)
+
+
+def test_stale_series_vanish_from_instant_queries() -> None:
+    store = _store()
+    store.append_scrape("a", 75.0, [({"__name__": "g", "pod": "a", "job": "j"}, 6.0)])
+    store.target_down("b", 75.0)
+    engine = Engine(store)
+    assert engine.query("count(g)", 80.0) == [({}, 1.0)]
+    assert engine.query("count(c_total)", 80.0) == []  # pod a stopped exporting it: stale
+    assert engine.query("count(g)", 74.0) == [({}, 2.0)]
+    # Past the 5-minute lookback a series without a staleness marker has no value either.
+    assert engine.query("count(g)", 75.0 + 301.0) == []
+
+
+def test_parse_errors_are_promql_errors() -> None:
+    for bad in ("sum(", "rate(x)", "x{a=1}", "x[5q]", "foo(x)", "x ="):
+        with pytest.raises(PromQLError):
+            Engine(SampleStore()).query(bad, 0.0)
+    assert parse("vllm:num_requests_running") is not None
+
+
+def test_engine_series_follow_vllm_names_and_buckets() -> None:
+    """The series a replica exports are the ones the real vLLM page holds (names, le)."""
+    p = paper_profiles()
+    sim = ElasticSim(ElasticConfig(prefill=p.instances[0], decode=p.instances[1]), [0.0],
+                     [100.0], [3.0], metric_bounds=vllm_bounds())
+    sim.run_to_completion()
+    g = next(sim.replica_metrics())
+    series = dict((s[0]["__name__"] + s[0].get("le", ""), s[1])
+                  for s in engine_series(g, {"pod": "p"}))
+    assert series["vllm:time_to_first_token_seconds_bucket+Inf"] == 1.0
+    assert "vllm:time_to_first_token_seconds_bucket2560.0" in series
+    assert "vllm:inter_token_latency_seconds_bucket80.0" in series
+    assert "vllm:request_prompt_tokens_bucket100000.0" in series
+    assert series["vllm:request_prompt_tokens_sum"] == 100.0
+
+
+def test_operator_reader_on_scraped_simulator_series() -> None:
+    """Poisson load at 12.52 req/s, 6144/512 tokens, on 4P4D: the reader's rate over a 60 s
+    window is within 15 % of 12.52, the length means are exact, instances and freshness are
+    right; the combined query's samples equal the per-expression answers, tag by tag."""
+    p = paper_profiles()
+    w = Workload.from_tokens_per_min(5e6, 6144, 512)
+    sim = ElasticSim.from_workload(
+        ElasticConfig(prefill=p.instances[0], decode=p.instances[1], initial_prefill=4,
+                      initial_decode=4), w, 4000, seed=2, metric_bounds=vllm_bounds())
+    prom = ReplayPrometheus(ScrapeConfig(window_s=60.0))
+    prom.advance(sim, 240.0)
+    obs = prom.observe(240.0, 0.9, 0.9)
+    assert obs.missing == ()
+    assert obs.rate_per_s == pytest.approx(12.52, rel=0.15)
+    assert obs.prefill.length_mean == pytest.approx(6144.0)
+    assert obs.decode.length_mean == pytest.approx(512.0)
+    assert obs.prefill.instances == 4 and obs.decode.instances == 4
+    assert obs.prefill.age_s == 0.0
+    assert obs.decode.tpot_q_s is not None and 0.01 < obs.decode.tpot_q_s < 0.05
+    queries = [RoleQuery(role=role, selector=prom.config.selectors()[role],
+                         names=_names(obs.metric_names, role),
+                         window_s=60.0, ttft_percentile=0.9, tpot_percentile=0.9)
+               for role in ("prefill", "decode")]
+    combined = prom.engine.query(combined_query(queries), 240.0)
+    for q in queries:
+        for tag, expr in role_expressions(q):
+            alone = prom.engine.query(expr, 240.0)
+            tagged = [(dict(lbl), v) for lbl, v in combined if lbl.get("pdscaler_q") == tag]
+            assert [v for _, v in tagged] == [v for _, v in alone], tag
+    # Before two scrapes there is no rate: the reader names what is missing.
+    fresh = ElasticSim.from_workload(
+        ElasticConfig(prefill=p.instances[0], decode=p.instances[1]), w, 10, seed=2,
+        metric_bounds=vllm_bounds())
+    early = ReplayPrometheus()
+    early.advance(fresh, 0.0)
+    assert any("vllm:request_success_total" in m for m in early.observe(0.0).missing)
+
+
+def _names(metric_names: dict[str, str], role: str) -> dict[str, str]:
+    return {k.split(".", 1)[1]: v for k, v in metric_names.items() if k.startswith(role + ".")}
