@@ -12,9 +12,9 @@ import math
 from collections.abc import Callable
 
 import pytest
-from pdscaler.metrics_reader import RoleQuery, combined_query, discovery_query
 from pdscaler.replay.observe import ReplayPrometheus, ScrapeConfig, vllm_bounds
 from pdscaler.replay.promql import PROMETHEUS_2_42
+from pdscaler.vllm_metrics import RoleQuery, combined_query, discovery_query
 
 from planner import Workload
 from planner.elastic import ElasticConfig, ElasticSim

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from pdscaler.metrics_reader import Observation, Role, RoleMetrics
 from pdscaler.replay.policies import (
     ClairvoyantPolicy,
     DynamoPolicy,
@@ -17,8 +16,10 @@ from pdscaler.replay.policies import (
     paper_policy,
     static_peak,
 )
+from pdscaler.vllm_metrics import Observation, RoleMetrics
 
 from planner import SLO, TTFTBudget, Workload
+from planner.common import Role
 from planner.paper import paper_profiles
 from planner.profile import InstanceProfile, PrefillCurve, PrefillPoint
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 
 import pytest
-from pdscaler.metrics_reader import RoleQuery, combined_query, role_expressions
 from pdscaler.replay.observe import ReplayPrometheus, ScrapeConfig, engine_series, vllm_bounds
 from pdscaler.replay.promql import (
     PROMETHEUS_2_42,
@@ -19,6 +18,7 @@ from pdscaler.replay.promql import (
     linear_slope,
     parse,
 )
+from pdscaler.vllm_metrics import RoleQuery, combined_query, role_expressions
 
 from planner import Workload
 from planner.elastic import ElasticConfig, ElasticSim

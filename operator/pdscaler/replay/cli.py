@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pdscaler.cli_args import number, parse_percentile
-from pdscaler.inputs import load_profile, load_trace
+from pdscaler.cli.args import number, parse_percentile
+from pdscaler.cli.inputs import load_profile, load_trace
 from pdscaler.replay.observe import ScrapeConfig, vllm_bounds
 from pdscaler.replay.policies import (
     ClairvoyantPolicy,

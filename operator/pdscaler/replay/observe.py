@@ -10,8 +10,8 @@ and histogram buckets (:mod:`pdscaler.vllmsim.metrics`): ``vllm:request_success_
 ``vllm:num_requests_waiting``, ``vllm:kv_cache_usage_perc``. :class:`ReplayPrometheus` scrapes
 them every ``scrape_interval_s`` of simulated time (Prometheus adds ``job``, ``instance`` and
 the pod's ``namespace``/``pod`` labels) and answers the operator's queries through
-:func:`pdscaler.metrics_reader.read_observation`: discovery, the combined tagged query and
-:func:`~pdscaler.metrics_reader.build_observation`, the code that reads a cluster.
+:func:`pdscaler.vllm_metrics.read_observation`: discovery, the combined tagged query and
+:func:`~pdscaler.vllm_metrics.build_observation`, the code that reads a cluster.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from pdscaler.metrics_reader import MetricNameCache, Observation, Role, read_observation, selector
 from pdscaler.replay.promql import (
     PROMETHEUS_3,
     Engine,
@@ -29,7 +28,9 @@ from pdscaler.replay.promql import (
     Series,
     as_query_fn,
 )
+from pdscaler.vllm_metrics import MetricNameCache, Observation, read_observation, selector
 from pdscaler.vllmsim.metrics import ITL_BUCKETS_S, TTFT_BUCKETS_S, one_two_five_buckets
+from planner.common import Role
 from planner.elastic import ElasticSim, EngineCounters, Histogram, MetricBounds, ReplicaGauges
 
 DEFAULT_MAX_MODEL_LEN = 131_072

@@ -1,7 +1,7 @@
 r"""Scaling policies for the closed-loop replay: the interface and the baselines.
 
 Every ``interval_s`` of simulated time the replay calls ``policy.decide(now_s, observation,
-pools)`` with what Prometheus shows (:class:`~pdscaler.metrics_reader.Observation`, read by the
+pools)`` with what Prometheus shows (:class:`~pdscaler.vllm_metrics.Observation`, read by the
 operator's own reader) and each role's replica counts, and sets the returned desired counts.
 
 Baselines
@@ -49,7 +49,7 @@ from typing import Protocol
 
 import numpy as np
 
-from pdscaler.metrics_reader import Observation, Role
+from pdscaler.vllm_metrics import Observation
 from planner import (
     SLO,
     InstanceProfile,
@@ -61,6 +61,7 @@ from planner import (
     Workload,
     plan,
 )
+from planner.common import Role
 from planner.fitting import FloatArray
 from planner.simulate import SimConfig, TraceReplay, simulate
 from planner.workload import Trace

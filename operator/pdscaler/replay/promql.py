@@ -2,7 +2,7 @@ r"""A Prometheus stand-in for the replay: scraped sample series and a PromQL sub
 
 The replay observes the simulated engines the way a cluster does: Prometheus scrapes every
 replica's vLLM series every ``scrape_interval_s`` into timestamped samples, and the operator's
-reader (:func:`pdscaler.metrics_reader.read_observation`) runs its discovery and combined
+reader (:func:`pdscaler.vllm_metrics.read_observation`) runs its discovery and combined
 instant queries. :class:`SampleStore` holds the samples; :class:`Engine` evaluates the PromQL
 those queries use, with Prometheus's own rules:
 

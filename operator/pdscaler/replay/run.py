@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from pdscaler.metrics_reader import Role
 from pdscaler.replay.observe import ReplayPrometheus, ScrapeConfig
 from pdscaler.replay.policies import ROLES, Policy, PoolView
+from planner.common import Role
 from planner.elastic import ElasticSim
 from planner.fitting import FloatArray
 from planner.workload import SLO
