@@ -1,4 +1,4 @@
-"""``python -m pdscaler.replay`` (``pdscaler replay``): a run on a small trace, bad input."""
+"""``pdscaler replay``: a run on a small trace, bad input."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pdscaler.replay.cli import main
+from pdscaler.cli.replay import main
 
 
 def _trace(path: Path, rate_per_s: float = 12.5, seconds: float = 300.0) -> Path:

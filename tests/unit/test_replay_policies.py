@@ -4,6 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from pdscaler.controller.api import PDDeploymentSpec, PDDeploymentStatus, parse_spec
+from pdscaler.controller.core import (
+    ProfileDocument,
+    TargetRead,
+    TargetState,
+    TickInput,
+    WorkloadRead,
+    tick,
+)
 from pdscaler.replay.policies import (
     ClairvoyantPolicy,
     DynamoPolicy,
@@ -19,7 +28,7 @@ from pdscaler.replay.policies import (
 from pdscaler.vllm_metrics import Observation, RoleMetrics
 
 from planner import SLO, TTFTBudget, Workload
-from planner.common import Role
+from planner.common import ROLES, Role
 from planner.paper import paper_profiles
 from planner.profile import InstanceProfile, PrefillCurve, PrefillPoint
 
@@ -139,10 +148,65 @@ def test_oracle_schedule_follows_each_windows_traffic() -> None:
     assert schedule[0][0] == direct[0]
 
 
-def test_pdscaler_policy_is_a_marked_placeholder() -> None:
-    ctx = PlannerContext(PAPER.instances[0], PAPER.instances[1], SLO_MEAN)
-    with pytest.raises(NotImplementedError, match="tick"):
-        PdscalerPolicy(ctx).decide(0.0, _obs(), _pools(1, 1))
+def _paper_spec() -> PDDeploymentSpec:
+    role = {"gpusPerReplica": 8, "minReplicas": 1, "maxReplicas": 16}
+    return parse_spec({
+        "mode": "DryRun",
+        "slo": {"ttftS": 2.0, "tpotMs": 20},
+        "profile": {"inline": PAPER.to_document()},
+        "prefill": {**role, "scaleTargetRef": {"kind": "Deployment", "name": "p"},
+                    "metrics": {"matchLabels": {"role": "prefill"}}},
+        "decode": {**role, "scaleTargetRef": {"kind": "Deployment", "name": "d"},
+                   "metrics": {"matchLabels": {"role": "decode"}}},
+        "workload": {"source": "Prometheus", "prometheus": {"url": "http://replay"}},
+        "planner": {"prefillModel": "paper", "decodeModel": "paper", "rounding": "nearest",
+                    "ttftOverheadS": 0.1, "arrivalDispersion": 1.0, "forecast": "none",
+                    "onlineCalibration": False},
+        "behavior": {"scaleDownStabilizationS": 0, "tolerance": 0, "intervalS": 30},
+    })
+
+
+PAPER_LOAD = Workload.from_means(5e6 / 60 / (6144 + 512), 6144, 512)
+PAPER_OBS = _obs(RoleMetrics(instances=1, age_s=5, running=1.0, waiting=0.0,
+                             rate_per_s=PAPER_LOAD.rate_per_s),
+                 RoleMetrics(instances=1, age_s=5, running=1.0, waiting=0.0),
+                 workload=PAPER_LOAD)
+
+
+def test_pdscaler_policy_runs_the_operators_tick() -> None:
+    """The paper's worked example through the operator's own tick: 1P1D -> 3P4D (nearest),
+    in Auto whatever the manifest says; the same answer as calling tick() directly."""
+    spec = _paper_spec()
+    policy = PdscalerPolicy(spec, PAPER.to_document())
+    assert policy.decide(120.0, PAPER_OBS, _pools(1, 1)) == {"prefill": 3, "decode": 4}
+    direct = tick(TickInput(
+        now_s=120.0, namespace="replay", name="pdscaler", generation=1,
+        spec=spec.model_copy(update={"mode": "Auto"}), spec_error=None,
+        previous=PDDeploymentStatus(),
+        profiles={r: ProfileDocument("p", content=PAPER.to_document()) for r in ROLES},
+        targets={r: TargetRead(TargetState(1, 1, "0")) for r in ROLES},
+        workload=WorkloadRead(observation=PAPER_OBS)))
+    assert {c.role: c.to_replicas for c in direct.commands} == {"prefill": 3, "decode": 4}
+    # Its status persists: applied history, and no new command at the new counts.
+    assert [h.applied for h in policy.status.history] == [True, True]
+    assert policy.decide(150.0, PAPER_OBS, _pools(3, 4)) == {"prefill": 3, "decode": 4}
+    assert policy.outcomes == {"scaled": 1, "ok": 1}
+
+
+def test_pdscaler_policy_ticks_every_spec_interval_only() -> None:
+    policy = PdscalerPolicy(_paper_spec(), PAPER.to_document())
+    policy.decide(120.0, PAPER_OBS, _pools(3, 4))
+    # 10 s later (interval 30 s): no tick, the current counts stay whatever the load.
+    assert policy.decide(130.0, _obs(), _pools(3, 4)) == {"prefill": 3, "decode": 4}
+    assert policy.ticks == 1
+
+
+def test_pdscaler_policy_holds_on_missing_metrics() -> None:
+    policy = PdscalerPolicy(_paper_spec(), PAPER.to_document())
+    missing = Observation(prefill=RoleMetrics(), decode=RoleMetrics(), workload=None,
+                          rate_per_s=None, missing=("prefill: running (no series)",))
+    assert policy.decide(120.0, missing, _pools(5, 6)) == {"prefill": 5, "decode": 6}
+    assert policy.outcomes == {"held": 1}
 
 
 def test_decode_throughput_at_the_itl_target_within_the_kv_cache() -> None:

@@ -12,6 +12,7 @@ from pdscaler import __version__
 from pdscaler.cli.controller import add_operator_parser
 from pdscaler.cli.plan import add_plan_parser
 from pdscaler.cli.profile import add_calibrate_parser, add_profile_parser
+from pdscaler.cli.replay import add_replay_parser
 from pdscaler.cli.simulate import add_simulate_parser
 from pdscaler.cli.vllmsim import add_vllm_sim_parser
 from planner import ProfileFormatError
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_calibrate_parser(subparsers)
     add_operator_parser(subparsers)
     add_vllm_sim_parser(subparsers)
+    add_replay_parser(subparsers)
     return parser
 
 

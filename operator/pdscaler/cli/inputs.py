@@ -16,11 +16,11 @@ from planner import (
     Trace,
     import_aiconfigurator_csv,
     import_dynamo_npz,
-    parse_trace_csv,
 )
 from planner.importers import complete_profile_set, parse_profile_instances
 from planner.paper import paper_profiles
 from planner.profile import ProfileMetadata
+from planner.workload import parse_trace
 
 
 @dataclass(frozen=True)
@@ -104,8 +104,8 @@ def load_profiles(specs: list[str], gpu_type: str | None = None) -> ProfileSet:
 
 
 def load_trace(path: str) -> Trace:
-    """Read a trace CSV (Azure LLM inference format)."""
+    """Read a trace: Azure CSV or Mooncake-style JSONL (:func:`planner.workload.parse_trace`)."""
     file = Path(path)
     if not file.is_file():
         raise ValueError(f"trace {path!r}: no such file")
-    return parse_trace_csv(file.read_text(), source=str(file.name))
+    return parse_trace(file.read_text(), source=str(file.name))

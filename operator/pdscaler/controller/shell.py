@@ -64,6 +64,7 @@ from pdscaler.controller.core import (
     settle,
     tick,
 )
+from pdscaler.controller.core.observing import observation_settings
 from pdscaler.controller.core.status import CONDITION_TYPES, iso
 from pdscaler.controller.settings import OperatorSettings
 from pdscaler.vllm_metrics import MetricNameCache, QueryFn, read_observation, selector
@@ -220,10 +221,11 @@ def read_workload(spec: PDDeploymentSpec, rt: Runtime, now_s: float) -> Workload
         assert matchers is not None  # guaranteed by the spec rules
         selectors[role] = selector(matchers.match_labels, matchers.match_regex)
     try:
+        asked = observation_settings(spec)
         observation = read_observation(
-            rt.prometheus(url), url, selectors, prom.window_s, prom.max_age_s,
-            rt.names, now_s, spec.slo.ttft_percentile, spec.slo.tpot_percentile,
-            prom.dispersion_sub_window_s if spec.planner.arrival_dispersion is None else None,
+            rt.prometheus(url), url, selectors, asked.window_s, asked.max_age_s,
+            rt.names, now_s, asked.ttft_percentile, asked.tpot_percentile,
+            asked.dispersion_sub_window_s,
         )
     except MetricsError as exc:
         obs.ERRORS.labels("prometheus").inc()

@@ -49,6 +49,18 @@ from typing import Protocol
 
 import numpy as np
 
+from pdscaler.controller.api import PDDeploymentSpec, PDDeploymentStatus, parse_status
+from pdscaler.controller.core import (
+    Memo,
+    ProfileDocument,
+    TargetRead,
+    TargetState,
+    TickInput,
+    WorkloadRead,
+    settle,
+    tick,
+)
+from pdscaler.controller.core.observing import observation_settings
 from pdscaler.vllm_metrics import Observation
 from planner import (
     SLO,
@@ -67,6 +79,8 @@ from planner.simulate import SimConfig, TraceReplay, simulate
 from planner.workload import Trace
 
 ROLES: tuple[Role, Role] = ("prefill", "decode")
+DEFAULT_INTERVAL_S = 30.0
+"""The operator's default reconcile interval, seconds (``PDSCALER_INTERVAL_S``)."""
 
 
 @dataclass(frozen=True)
@@ -409,20 +423,64 @@ def paper_policy(context: PlannerContext) -> PlannerPolicy:
 # call the tick, keep the tick's carried state (stabilization history) between calls, and
 # return the tick's desired replicas. Until the tick lands, the class refuses to run.
 # ============================================================================================
-@dataclass
 class PdscalerPolicy:
-    """pdscaler's own decision function in the loop (to be wired to the operator's tick)."""
+    """pdscaler's own decision function in the loop: the operator's :func:`tick` and
+    :func:`settle`, not a copy of them.
 
-    context: PlannerContext
-    name: str = "pdscaler"
-    instant: bool = False
+    Each call builds the :class:`TickInput` the shell would build on a cluster — the
+    PDDeployment spec, the previous status (as the API server stores it), the profile document,
+    the targets' ``/scale`` and ready counts, the observation and ``now`` — runs the tick every
+    ``spec.behavior.intervalS``, applies its scale commands (a simulated ``/scale`` write always
+    succeeds) and keeps the settled status for the next call. The object runs in ``Auto`` mode
+    whatever its spec says (a replay is there to scale). Free GPUs are not read (no node pool).
+    """
+
+    def __init__(
+        self, spec: PDDeploymentSpec, profile_document: Mapping[str, object],
+        name: str = "pdscaler", namespace: str = "replay",
+    ) -> None:
+        self.spec = spec.model_copy(update={"mode": "Auto"})
+        self.name = name
+        self.namespace = namespace
+        self.instant = False
+        document = ProfileDocument("replay profile", content=dict(profile_document))
+        self.profiles = {role: document for role in ROLES}
+        self.memo = Memo()
+        self.status = PDDeploymentStatus()
+        self.interval_s = self.spec.behavior.interval_s or DEFAULT_INTERVAL_S
+        self.settings = observation_settings(self.spec)
+        self.dispersion_sub_window_s = self.settings.dispersion_sub_window_s
+        self.last_tick_s: float | None = None
+        self.ticks = 0
+        self.outcomes: dict[str, int] = {}
 
     def decide(
         self, now_s: float, observation: Observation, pools: Mapping[Role, PoolView]
     ) -> dict[Role, int]:
-        raise NotImplementedError(
-            "pdscaler policy: the operator's tick is not wired into the replay yet"
+        current = {role: pools[role].desired for role in ROLES}
+        if self.last_tick_s is not None and now_s - self.last_tick_s < self.interval_s - 1e-9:
+            return current
+        self.last_tick_s = now_s
+        inp = TickInput(
+            now_s=now_s, namespace=self.namespace, name=self.name, generation=1,
+            spec=self.spec, spec_error=None, previous=self.status, profiles=self.profiles,
+            targets={role: TargetRead(TargetState(pools[role].desired, pools[role].ready,
+                                                  str(self.ticks)))
+                     for role in ROLES},
+            workload=WorkloadRead(observation=observation),
+            free_gpus={role: None for role in ROLES},
+            memo=self.memo,
         )
+        outcome = tick(inp)
+        settled = settle(outcome, [c.role for c in outcome.commands], now_s, self.namespace,
+                         self.name)
+        # What the API server stores and the next reconcile reads back.
+        self.status = parse_status(settled.status.to_wire())
+        self.ticks += 1
+        self.outcomes[settled.outcome] = self.outcomes.get(settled.outcome, 0) + 1
+        for command in settled.applied:
+            current[command.role] = command.to_replicas
+        return current
 
 
 __all__ = [

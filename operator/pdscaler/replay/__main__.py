@@ -1,7 +1,0 @@
-"""``python -m pdscaler.replay``."""
-
-import sys
-
-from pdscaler.replay.cli import main
-
-sys.exit(main())
