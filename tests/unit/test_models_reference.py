@@ -614,7 +614,7 @@ def test_wait_factor_quantile_against_monte_carlo() -> None:
     assert decode_wait_factor(3, 0.7, None, w) == pytest.approx(float(factor.mean()), rel=1e-3)
 
 
-# --------------------------------------------------------------------------- simulated c-server queue
+# ------------------------------------------------------------------ simulated c-server queue
 
 
 def _fifo_c_servers(arrivals: np.ndarray, services: np.ndarray, servers: int) -> np.ndarray:
