@@ -1,0 +1,576 @@
+"""Single-line mutation testing for the planner (and the operator's pure controller core).
+
+Each mutant changes one expression or statement on one source line (AST-based, the rest of the
+file is left byte for byte), then only the unit tests mapped to that module run
+(``pytest -x -q -p no:cacheprovider``, plus the module's doctests) with a per-mutant timeout.
+A mutant is *killed* when the tests fail or time out, *survives* when they pass.
+
+Operators
+---------
+``cmp``      flip a comparison: ``<`` <-> ``<=``, ``>`` <-> ``>=``, ``==`` <-> ``!=``,
+             ``is`` <-> ``is not``, ``in`` <-> ``not in``
+``addsub``   ``+`` <-> ``-`` (also in augmented assignments)
+``muldiv``   ``*`` <-> ``/`` (also in augmented assignments)
+``const``    a number ``c`` -> ``c + 1`` and ``c * 2`` (``True`` <-> ``False``)
+``drop``     drop a term: ``a + b`` -> ``a`` or ``b``, ``a - b`` / ``a * b`` / ``a / b`` -> ``a``
+             (``a * b`` also -> ``b``)
+``return``   return a constant: ``return e`` -> ``return 0.0`` (``return not e`` for a test)
+``negate``   negate the condition of an ``if``, ``while``, conditional expression or
+             comprehension filter
+``minmax``   remove a ``max``/``min`` (also ``np.maximum``/``np.minimum``): keep one argument
+
+Strings, f-strings, docstrings, annotations, ``raise`` statements, ``assert`` statements and
+lines marked ``# pragma: no mutate`` are not mutated.
+
+The report (``docs/mutation.md`` by default) gives the score per module and lists each survivor
+with the reason it is equivalent (from :data:`EQUIVALENT`) or the test that is missing.
+
+Usage::
+
+    python scripts/mutation.py                     # default modules, all mutants
+    python scripts/mutation.py --sample 150 --seed 1 --jobs 2 planner/optimize.py
+    python scripts/mutation.py --list planner/models.py   # show the mutants, run nothing
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import compileall
+import copy
+import json
+import os
+import py_compile
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+EXCLUDED = {"simulate.py", "importers.py"}
+CORE = Path("operator/pdscaler/controller/core")
+
+#: Module -> the fast unit tests that exercise it (its doctests always run as well).
+TEST_MAP: dict[str, tuple[str, ...]] = {
+    "planner/models.py": (
+        "tests/unit/test_models_reference.py",
+        "tests/unit/test_paper.py",
+        "tests/unit/test_queueing.py",
+    ),
+    "planner/queueing.py": (
+        "tests/unit/test_models_reference.py",
+        "tests/unit/test_queueing.py",
+    ),
+    "planner/control.py": (
+        "tests/unit/test_control_rules.py",
+        "tests/unit/test_control.py",
+    ),
+    "planner/optimize.py": (
+        "tests/unit/test_cost_selection.py",
+        "tests/unit/test_paper.py",
+        "tests/unit/test_cli_plan.py",
+    ),
+    "planner/paper.py": ("tests/unit/test_paper.py",),
+    "planner/profile.py": ("tests/unit/test_profiles.py", "tests/unit/test_models_reference.py"),
+    "planner/fitting.py": ("tests/unit/test_profiles.py",),
+    "planner/workload.py": (
+        "tests/unit/test_models_reference.py",
+        "tests/unit/test_profiles.py",
+        "tests/unit/test_cli_plan.py",
+    ),
+    "planner/calibration.py": ("tests/unit/test_calibration.py",),
+    "planner/__init__.py": ("tests/unit/test_paper.py",),
+}
+FALLBACK_TESTS = ("tests/unit",)
+
+#: Survivors known to be equivalent (or accepted), keyed by module, original line and mutated
+#: line (both stripped), so the key survives edits elsewhere in the file.
+EQUIVALENT: dict[tuple[str, str, str], str] = {}
+
+
+@dataclass(frozen=True)
+class Mutant:
+    module: str
+    line: int
+    operator: str
+    original: str
+    mutated: str
+    source: str = field(repr=False, compare=False)
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.module, self.original.strip(), self.mutated.strip())
+
+
+@dataclass
+class Outcome:
+    mutant: Mutant
+    status: str  # killed, survived, timeout, error
+    seconds: float
+    detail: str = ""
+
+
+# --------------------------------------------------------------------------- mutant generation
+
+
+_CMP_SWAP: dict[type[ast.cmpop], type[ast.cmpop]] = {
+    ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt,
+    ast.Eq: ast.NotEq, ast.NotEq: ast.Eq, ast.Is: ast.IsNot, ast.IsNot: ast.Is,
+    ast.In: ast.NotIn, ast.NotIn: ast.In,
+}
+_BIN_SWAP: dict[type[ast.operator], tuple[str, type[ast.operator]]] = {
+    ast.Add: ("addsub", ast.Sub), ast.Sub: ("addsub", ast.Add),
+    ast.Mult: ("muldiv", ast.Div), ast.Div: ("muldiv", ast.Mult),
+}
+_MINMAX = {"max", "min", "maximum", "minimum"}
+_TYPE_NAMES = {"Literal", "tuple", "dict", "list", "Annotated", "ClassVar", "Callable"}
+
+
+def _skipped_nodes(tree: ast.Module) -> set[int]:
+    """ids of nodes whose subtrees are never mutated."""
+    skipped: set[int] = set()
+
+    def skip(node: ast.AST | None) -> None:
+        if node is not None:
+            for child in ast.walk(node):
+                skipped.add(id(child))
+
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.JoinedStr, ast.Raise, ast.Assert)):
+            skip(node)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            skip(node.returns)
+            for arg in (*node.args.args, *node.args.kwonlyargs, *node.args.posonlyargs,
+                        node.args.vararg, node.args.kwarg):
+                if arg is not None:
+                    skip(arg.annotation)
+            for decorator in node.decorator_list:
+                skip(decorator)
+        elif isinstance(node, ast.ClassDef):
+            for decorator in node.decorator_list:
+                skip(decorator)
+        elif isinstance(node, ast.AnnAssign):
+            skip(node.annotation)
+        elif isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets
+        ):
+            skip(node)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+                skip(body[0])
+        if (
+            isinstance(node, ast.Subscript)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in _TYPE_NAMES
+        ):
+            skip(node)
+    return skipped
+
+
+def _replacements(node: ast.AST) -> Iterator[tuple[str, ast.AST]]:
+    """(operator, replacement node) pairs for one node."""
+    if isinstance(node, ast.Compare) and len(node.ops) == 1:
+        swap = _CMP_SWAP.get(type(node.ops[0]))
+        if swap is not None:
+            new = copy.deepcopy(node)
+            new.ops = [swap()]
+            yield "cmp", new
+    elif isinstance(node, ast.BinOp) and type(node.op) in _BIN_SWAP:
+        name, swap_op = _BIN_SWAP[type(node.op)]
+        new_bin = copy.deepcopy(node)
+        new_bin.op = swap_op()
+        yield name, new_bin
+        yield "drop", copy.deepcopy(node.left)
+        if isinstance(node.op, (ast.Add, ast.Mult)):
+            yield "drop", copy.deepcopy(node.right)
+    elif isinstance(node, ast.AugAssign) and type(node.op) in _BIN_SWAP:
+        name, swap_op = _BIN_SWAP[type(node.op)]
+        new_aug = copy.deepcopy(node)
+        new_aug.op = swap_op()
+        yield name, new_aug
+    elif isinstance(node, ast.Constant):
+        value = node.value
+        if isinstance(value, bool):
+            yield "const", ast.Constant(not value)
+        elif isinstance(value, (int, float)):
+            seen = {value}
+            for new_value in (value + 1, value * 2):
+                if new_value not in seen:
+                    seen.add(new_value)
+                    yield "const", ast.Constant(new_value)
+    elif isinstance(node, ast.Return) and node.value is not None:
+        if isinstance(node.value, (ast.Compare, ast.BoolOp)) or (
+            isinstance(node.value, ast.UnaryOp) and isinstance(node.value.op, ast.Not)
+        ):
+            yield "return", ast.Return(ast.UnaryOp(ast.Not(), copy.deepcopy(node.value)))
+        elif not (isinstance(node.value, ast.Constant) and node.value.value in (0, 0.0)):
+            yield "return", ast.Return(ast.Constant(0.0))
+    elif isinstance(node, (ast.If, ast.While, ast.IfExp)):
+        new_cond = copy.deepcopy(node)
+        new_cond.test = ast.UnaryOp(ast.Not(), copy.deepcopy(node.test))
+        yield "negate", new_cond
+    elif isinstance(node, ast.Call) and len(node.args) >= 2 and not node.keywords:
+        func = node.func
+        name = func.id if isinstance(func, ast.Name) else (
+            func.attr if isinstance(func, ast.Attribute) else "")
+        if name in _MINMAX:
+            for arg in node.args:
+                if not isinstance(arg, ast.Starred):
+                    yield "minmax", copy.deepcopy(arg)
+
+
+def _segment_span(node: ast.AST) -> tuple[int, int, int, int] | None:
+    """(line, col, end_line, end_col) of what a mutation replaces, single-line only."""
+    if isinstance(node, (ast.If, ast.While)):
+        target: ast.AST = node.test
+    else:
+        target = node
+    if isinstance(node, ast.IfExp):
+        target = node
+    start, end = getattr(target, "lineno", None), getattr(target, "end_lineno", None)
+    if start is None or end is None or start != end:
+        return None
+    return start, target.col_offset, end, target.end_col_offset or 0  # type: ignore[attr-defined]
+
+
+def _render(node: ast.AST, replacement: ast.AST) -> str:
+    if isinstance(node, (ast.If, ast.While)):
+        assert isinstance(replacement, (ast.If, ast.While))
+        return ast.unparse(replacement.test)
+    return ast.unparse(replacement)
+
+
+def generate(module: str) -> list[Mutant]:
+    """Every mutant of one module (path relative to the repository)."""
+    text = (REPO / module).read_text()
+    lines = text.splitlines(keepends=True)
+    tree = ast.parse(text)
+    skipped = _skipped_nodes(tree)
+    mutants: list[Mutant] = []
+    seen: set[tuple[int, str]] = set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.comprehension):
+            # A comprehension's filters are conditions too.
+            for condition in node.ifs:
+                negated = ast.UnaryOp(ast.Not(), copy.deepcopy(condition))
+                mutants.extend(_apply(module, lines, condition, ("negate", negated), seen))
+            continue
+        candidates = list(_replacements(node))
+        for candidate in candidates:
+            mutants.extend(_apply(module, lines, node, candidate, seen))
+    mutants.sort(key=lambda m: (m.line, m.operator, m.mutated))
+    return mutants
+
+
+def _apply(module: str, lines: list[str], node: ast.AST, candidate: tuple[str, ast.AST],
+           seen: set[tuple[int, str]]) -> Iterator[Mutant]:
+    operator, replacement = candidate
+    if isinstance(node, ast.Return) and isinstance(replacement, ast.Return):
+        span = _segment_span(node.value) if node.value is not None else None
+        text = ast.unparse(replacement.value) if replacement.value is not None else ""
+        if isinstance(replacement.value, ast.UnaryOp):
+            text = f"not ({ast.unparse(replacement.value.operand)})"
+    elif isinstance(node, ast.AugAssign):
+        span = _segment_span(node)
+        text = ast.unparse(replacement)
+    else:
+        span = _segment_span(node)
+        text = _render(node, replacement)
+        if isinstance(replacement, ast.UnaryOp) and isinstance(replacement.op, ast.Not):
+            text = f"not ({ast.unparse(replacement.operand)})"
+        elif isinstance(node, (ast.If, ast.While)):
+            text = f"not ({ast.unparse(node.test)})"
+    if span is None:
+        return
+    line, col, _, end_col = span
+    original = lines[line - 1]
+    if "pragma: no mutate" in original:
+        return
+    if not isinstance(node, ast.Constant) and not isinstance(replacement, ast.Constant):
+        text = f"({text})" if operator in {"drop", "minmax"} else text
+    mutated = original[:col] + text + original[end_col:]
+    if mutated == original or (line, mutated) in seen:
+        return
+    source = "".join(lines[: line - 1]) + mutated + "".join(lines[line:])
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            compile(source, module, "exec")
+    except SyntaxError:
+        return
+    seen.add((line, mutated))
+    yield Mutant(module, line, operator, original.rstrip("\n"), mutated.rstrip("\n"), source)
+
+
+# --------------------------------------------------------------------------- running
+
+
+def default_modules() -> list[str]:
+    modules = sorted(
+        str(p.relative_to(REPO)) for p in (REPO / "planner").glob("*.py") if p.name not in EXCLUDED
+    )
+    core = REPO / CORE
+    if core.is_dir():
+        modules += sorted(str(p.relative_to(REPO)) for p in core.rglob("*.py"))
+    return modules
+
+
+def tests_for(module: str) -> list[str]:
+    mapped = TEST_MAP.get(module, FALLBACK_TESTS)
+    return [t for t in mapped if (REPO / t).exists()] or list(FALLBACK_TESTS)
+
+
+def _make_sandbox() -> Path:
+    """A copy of the sources and tests, bytecode-free, that mutants are written into."""
+    root = Path(tempfile.mkdtemp(prefix="pdscaler-mutation-"))
+    for name in ("planner", "operator", "tests"):
+        shutil.copytree(REPO / name, root / name,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, root / name)
+    # Bytecode checked against the source's hash, never its mtime: a mutant written in the same
+    # second as the original, with the same size, can never run stale bytecode.
+    compileall.compile_dir(
+        root, quiet=1, invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH
+    )
+    return root
+
+
+def _environment(sandbox: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(sandbox), str(sandbox / "operator")])
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env.setdefault("PDSCALER_SHARED", str(REPO.parent / "shared"))
+    env["HYPOTHESIS_PROFILE"] = env.get("HYPOTHESIS_PROFILE", "default")
+    return env
+
+
+def _pytest(sandbox: Path, module: str, timeout_s: float) -> tuple[int | None, float, str]:
+    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+               "--no-header", "--noconftest", *tests_for(module), "--doctest-modules", module]
+    started = time.monotonic()
+    try:
+        done = subprocess.run(command, cwd=sandbox, env=_environment(sandbox),
+                              capture_output=True, text=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired:
+        return None, time.monotonic() - started, "timeout"
+    tail = (done.stdout + done.stderr).strip().splitlines()
+    return done.returncode, time.monotonic() - started, tail[-1] if tail else ""
+
+
+def baseline(sandbox: Path, module: str) -> float:
+    code, seconds, tail = _pytest(sandbox, module, 1800)
+    if code != 0:
+        raise SystemExit(f"{module}: the unmutated tests do not pass ({tail}); fix that first")
+    return seconds
+
+
+def run_mutant(sandbox: Path, mutant: Mutant, timeout_s: float) -> Outcome:
+    target = sandbox / mutant.module
+    original = (REPO / mutant.module).read_text()
+    target.write_text(mutant.source)
+    try:
+        code, seconds, tail = _pytest(sandbox, mutant.module, timeout_s)
+    finally:
+        target.write_text(original)
+    if code is None:
+        return Outcome(mutant, "timeout", seconds, tail)
+    if code == 0:
+        return Outcome(mutant, "survived", seconds, tail)
+    if code in (1, 2):  # tests failed / collection (import) error
+        return Outcome(mutant, "killed", seconds, tail)
+    return Outcome(mutant, "error", seconds, f"pytest exit {code}: {tail}")
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _key_text(mutant: Mutant) -> str:
+    return " ::: ".join(mutant.key)
+
+
+def _table_row(module: str, outcomes: list[Outcome], total: int) -> str:
+    killed = sum(o.status in ("killed", "timeout") for o in outcomes)
+    survived = sum(o.status == "survived" for o in outcomes)
+    equivalent = sum(o.status == "survived" and o.mutant.key in EQUIVALENT for o in outcomes)
+    errors = sum(o.status == "error" for o in outcomes)
+    run = len(outcomes) - errors
+    score = 100.0 * killed / run if run else float("nan")
+    effective = run - equivalent
+    adjusted = 100.0 * killed / effective if effective else float("nan")
+    return (f"| `{module}` | {total} | {len(outcomes)} | {killed} | {survived} | {equivalent} "
+            f"| {errors} | {score:.1f} % | {adjusted:.1f} % |")
+
+
+def write_report(path: Path, outcomes: list[Outcome], totals: dict[str, int],
+                 args: argparse.Namespace, elapsed_s: float, baselines: dict[str, float]) -> None:
+    by_module: dict[str, list[Outcome]] = {}
+    for outcome in outcomes:
+        by_module.setdefault(outcome.mutant.module, []).append(outcome)
+    lines = [
+        "# Mutation testing",
+        "",
+        "Generated by `scripts/mutation.py` (`make mutation`); not part of CI. Each mutant changes",
+        "one expression on one line (operators: flipped comparison, `+`/`-` swap, `*`/`/` swap,",
+        "constant +1 / x2, a dropped term, a constant return, a negated condition, a removed",
+        "`max`/`min`); only the module's mapped unit tests and its doctests run against it",
+        "(`pytest -x -q -p no:cacheprovider`), with a per-mutant timeout of "
+        f"{args.timeout_factor:g} x the unmutated run (at least {args.min_timeout:g} s).",
+        "A timeout counts as killed.",
+        "",
+        f"Command: `python scripts/mutation.py {' '.join(args.argv)}`".rstrip() + "  ",
+        f"Sampling: {args.sample_text}  ",
+        f"Wall time: {elapsed_s / 60:.1f} min with {args.jobs} parallel job(s).",
+        "",
+    ]
+    focus = [m for m in by_module if m in FOCUS]
+    if focus:
+        focus_outcomes = [o for m in focus for o in by_module[m]]
+        killed = sum(o.status in ("killed", "timeout") for o in focus_outcomes)
+        run = sum(o.status != "error" for o in focus_outcomes)
+        equivalent = sum(o.status == "survived" and o.mutant.key in EQUIVALENT
+                         for o in focus_outcomes)
+        lines += [
+            f"**Score over {', '.join(f'`{m}`' for m in focus)}: {killed} of {run} killed, "
+            f"{100.0 * killed / max(run, 1):.1f} %** "
+            f"({100.0 * killed / max(run - equivalent, 1):.1f} % of the {run - equivalent} "
+            "non-equivalent mutants).",
+            "",
+        ]
+    lines += [
+        "| module | mutants | run | killed | survived | of which equivalent | errors | score "
+        "| score without equivalent |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for module in sorted(by_module):
+        lines.append(_table_row(module, by_module[module], totals[module]))
+    lines += ["", "Unmutated test time per module (s): " + ", ".join(
+        f"`{m}` {s:.1f}" for m, s in sorted(baselines.items())), ""]
+    lines += ["## Survivors", ""]
+    for module in sorted(by_module):
+        survivors = [o for o in by_module[module] if o.status == "survived"]
+        if not survivors:
+            continue
+        lines += [f"### `{module}`", "",
+                  "| line | operator | original → mutant | why it survives |",
+                  "|---|---|---|---|"]
+        for outcome in survivors:
+            m = outcome.mutant
+            why = EQUIVALENT.get(m.key, "**missing test** (not yet analysed)")
+            original = m.original.strip().replace("|", "\\|")
+            mutated = m.mutated.strip().replace("|", "\\|")
+            lines.append(f"| {m.line} | {m.operator} | `{original}` → `{mutated}` | {why} |")
+        lines.append("")
+    errors = [o for o in outcomes if o.status == "error"]
+    if errors:
+        lines += ["## Errors (not counted)", ""]
+        lines += [f"* `{o.mutant.module}:{o.mutant.line}` {o.detail}" for o in errors]
+        lines.append("")
+    path.write_text("\n".join(lines))
+
+
+FOCUS = ("planner/models.py", "planner/queueing.py", "planner/control.py", "planner/optimize.py")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("modules", nargs="*", help="modules (default: planner/*.py except "
+                        "simulate.py and importers.py, and the controller core when present)")
+    parser.add_argument("--sample", type=int, default=0,
+                        help="at most this many mutants per module, drawn at random (0: all)")
+    parser.add_argument("--seed", type=int, default=20261130, help="sampling seed")
+    parser.add_argument("--jobs", type=int, default=1, help="mutants run in parallel")
+    parser.add_argument("--timeout-factor", type=float, default=4.0)
+    parser.add_argument("--min-timeout", type=float, default=30.0)
+    parser.add_argument("--report", default="docs/mutation.md")
+    parser.add_argument("--list", action="store_true", help="list the mutants and exit")
+    parser.add_argument("--results", default="docs/mutation-results.json",
+                        help="where each mutant's outcome is kept (JSON)")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse killed outcomes from --results; rerun only the others "
+                        "(valid while the module under test is unchanged)")
+    args = parser.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else argv
+    modules = args.modules or default_modules()
+    plan: list[Mutant] = []
+    totals: dict[str, int] = {}
+    rng = random.Random(args.seed)
+    for module in modules:
+        mutants = generate(module)
+        totals[module] = len(mutants)
+        if args.sample and len(mutants) > args.sample:
+            mutants = sorted(rng.sample(mutants, args.sample), key=lambda m: m.line)
+        plan.extend(mutants)
+    args.sample_text = (
+        f"up to {args.sample} mutants per module drawn with `random.Random({args.seed}).sample`"
+        if args.sample else "none (every mutant)"
+    )
+    if args.list:
+        for m in plan:
+            print(f"{m.module}:{m.line}: [{m.operator}] {m.original.strip()}  ->  "
+                  f"{m.mutated.strip()}")
+        print(f"{len(plan)} mutants", file=sys.stderr)
+        return 0
+    started = time.monotonic()
+    sandboxes = [_make_sandbox() for _ in range(max(args.jobs, 1))]
+    try:
+        baselines = {m: baseline(sandboxes[0], m) for m in modules}
+        print(f"{len(plan)} mutants; baselines "
+              + ", ".join(f"{m} {s:.1f}s" for m, s in baselines.items()), flush=True)
+        free = list(sandboxes)
+        outcomes: list[Outcome] = []
+        previous: dict[str, dict[str, object]] = {}
+        results_path = REPO / args.results
+        if args.resume and results_path.exists():
+            previous = json.loads(results_path.read_text())
+        reused = [m for m in plan if previous.get(_key_text(m), {}).get("status")
+                  in ("killed", "timeout")]
+        for m in reused:
+            entry = previous[_key_text(m)]
+            outcomes.append(Outcome(m, str(entry["status"]), float(entry["seconds"]),  # type: ignore[arg-type]
+                                    str(entry["detail"])))
+        if reused:
+            print(f"{len(reused)} killed mutants reused from {args.results}", flush=True)
+        reused_keys = {_key_text(m) for m in reused}
+        plan = [m for m in plan if _key_text(m) not in reused_keys]
+
+        def work(mutant: Mutant) -> Outcome:
+            sandbox = free.pop()
+            try:
+                timeout = max(args.min_timeout, args.timeout_factor * baselines[mutant.module])
+                return run_mutant(sandbox, mutant, timeout)
+            finally:
+                free.append(sandbox)
+
+        with ThreadPoolExecutor(max_workers=len(sandboxes)) as pool:
+            for index, outcome in enumerate(pool.map(work, plan), start=1):
+                outcomes.append(outcome)
+                m = outcome.mutant
+                print(f"[{index}/{len(plan)}] {outcome.status:8s} {outcome.seconds:5.1f}s "
+                      f"{m.module}:{m.line} [{m.operator}] {m.mutated.strip()}", flush=True)
+        outcomes.sort(key=lambda o: (o.mutant.module, o.mutant.line, o.mutant.mutated))
+        write_report(REPO / args.report, outcomes, totals, args,
+                     time.monotonic() - started, baselines)
+        results_path.write_text(json.dumps(
+            {_key_text(o.mutant): {"status": o.status, "seconds": round(o.seconds, 2),
+                                   "detail": o.detail} for o in outcomes}, indent=1))
+    finally:
+        for sandbox in sandboxes:
+            shutil.rmtree(sandbox, ignore_errors=True)
+    killed = sum(o.status in ("killed", "timeout") for o in outcomes)
+    print(f"{killed} of {len(outcomes)} killed; report in {args.report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
