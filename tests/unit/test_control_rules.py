@@ -169,7 +169,7 @@ def test_tolerance_does_not_hold_a_correction_into_bounds() -> None:
     assert decide(role(8, 10), p, NOW).desired_replicas == 8
 
 
-# ----------------------------------------------------------------------------- bounds, readiness, capacity
+# ------------------------------------------------------------------ bounds, readiness, capacity
 
 
 def test_recommendation_is_clamped_before_everything_else() -> None:
