@@ -62,7 +62,6 @@ TEST_MAP: dict[str, tuple[str, ...]] = {
     "planner/models.py": (
         "tests/unit/test_models_reference.py",
         "tests/unit/test_paper.py",
-        "tests/unit/test_queueing.py",
     ),
     "planner/queueing.py": (
         "tests/unit/test_models_reference.py",
@@ -533,6 +532,8 @@ def main(argv: list[str] | None = None) -> int:
         results_path = REPO / args.results
         if args.resume and results_path.exists():
             previous = json.loads(results_path.read_text())
+        elif results_path.exists():
+            results_path.unlink()
         reused = [m for m in plan if previous.get(_key_text(m), {}).get("status")
                   in ("killed", "timeout")]
         for m in reused:
@@ -552,18 +553,23 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 free.append(sandbox)
 
+        def save() -> None:
+            merged = dict(previous)
+            merged.update({_key_text(o.mutant): {"status": o.status, "seconds": round(o.seconds, 2),
+                                                 "detail": o.detail} for o in outcomes})
+            results_path.write_text(json.dumps(merged, indent=1, sort_keys=True))
+
         with ThreadPoolExecutor(max_workers=len(sandboxes)) as pool:
             for index, outcome in enumerate(pool.map(work, plan), start=1):
                 outcomes.append(outcome)
+                save()  # after every mutant: an interrupted run can be resumed
                 m = outcome.mutant
                 print(f"[{index}/{len(plan)}] {outcome.status:8s} {outcome.seconds:5.1f}s "
                       f"{m.module}:{m.line} [{m.operator}] {m.mutated.strip()}", flush=True)
         outcomes.sort(key=lambda o: (o.mutant.module, o.mutant.line, o.mutant.mutated))
         write_report(REPO / args.report, outcomes, totals, args,
                      time.monotonic() - started, baselines)
-        results_path.write_text(json.dumps(
-            {_key_text(o.mutant): {"status": o.status, "seconds": round(o.seconds, 2),
-                                   "detail": o.detail} for o in outcomes}, indent=1))
+        save()
     finally:
         for sandbox in sandboxes:
             shutil.rmtree(sandbox, ignore_errors=True)
