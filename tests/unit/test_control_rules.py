@@ -10,6 +10,7 @@ from planner.control import (
     RoleInput,
     Sample,
     decide,
+    record,
     trim_history,
     window_values,
     within_tolerance,
@@ -217,3 +218,57 @@ def test_change_names() -> None:
     same = decide(role(3, 3), policy(), NOW)
     assert (same.change, same.reason) == ("none", "holding 3 replicas")
     assert decide(role(3, 4), policy(), NOW).reason == "3 -> 4 replicas"
+
+
+# ---------------------------------------------------------------- defaults, limits of the inputs
+
+
+def test_default_policy() -> None:
+    default = ControlPolicy(tolerance=0.0)
+    # scale to zero is allowed; scale-up is immediate
+    assert decide(role(1, 0), default.model_copy(update={"scale_down_stabilization_s": 0.0}),
+                  NOW).desired_replicas == 0
+    quick = decide(role(3, 9, history=(Sample(time_s=NOW - 0.5, replicas=2),)), default, NOW)
+    assert quick.desired_replicas == 9
+    # scale-down looks back 300 s: an 8 replaced 300.5 s ago is out, one replaced 299.5 s ago in
+    out = (Sample(time_s=NOW - 400, replicas=8), Sample(time_s=NOW - 300.5, replicas=5))
+    assert decide(role(8, 3, history=out), default, NOW).desired_replicas == 5
+    inside = (Sample(time_s=NOW - 400, replicas=8), Sample(time_s=NOW - 299.5, replicas=5))
+    assert decide(role(8, 3, history=inside), default, NOW).desired_replicas == 8
+    assert ControlPolicy().tolerance == 0.1
+
+
+def test_edge_values_of_the_inputs() -> None:
+    assert policy(min_replicas=4, max_replicas=4).clamp(9) == 4
+    assert policy(max_replicas=0).clamp(3) == 0
+    assert decide(role(2, 5), policy(max_replicas=0), NOW).desired_replicas == 0
+    assert Sample(time_s=0.0, replicas=0).replicas == 0
+    with pytest.raises(ValueError, match="time_s"):
+        Sample(time_s=float("inf"), replicas=1)
+
+
+def test_history_keeps_two_recommendations_made_at_the_same_time() -> None:
+    second = record(record((), 4, NOW), 5, NOW)
+    assert [(s.time_s, s.replicas) for s in second] == [(NOW, 4), (NOW, 5)]
+
+
+def test_history_length_is_capped_at_64() -> None:
+    history = tuple(Sample(time_s=float(t), replicas=t % 2) for t in range(70))
+    trimmed = trim_history(history, 100.0, 1000.0)
+    assert len(trimmed) == 64 and trimmed[-1] == history[-1]
+
+
+def test_unchanged_recommendation_ignores_the_up_window() -> None:
+    # current 5, recommended 5: nothing to do, although the up-window minimum is 2
+    history = (Sample(time_s=NOW - 30, replicas=2),)
+    decision = decide(role(5, 5, history=history), policy(scale_up_stabilization_s=60), NOW)
+    assert (decision.desired_replicas, decision.change, decision.held_by) == (5, "none", None)
+    down = decide(role(5, 5, history=(Sample(time_s=NOW - 30, replicas=9),)),
+                  policy(scale_down_stabilization_s=60), NOW)
+    assert (down.desired_replicas, down.held_by) == (5, None)
+
+
+def test_capacity_below_current_without_a_scale_up_is_not_a_limit() -> None:
+    decision = decide(role(4, 4, capacity=1), policy(), NOW)
+    assert (decision.desired_replicas, decision.capacity_limited) == (4, False)
+    assert decision.reason == "holding 4 replicas"

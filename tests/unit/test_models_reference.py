@@ -29,6 +29,7 @@ import pytest
 import yaml
 from scipy import integrate, stats
 
+from planner.importers import import_paper_table
 from planner.models import (
     TTFTBudget,
     decode_wait_factor,
@@ -169,6 +170,9 @@ def test_mmc_wait_and_sojourn_by_hand() -> None:
     expected_equal = (2 / 3) * math.exp(-1.0) + (1 / 3) * math.exp(-1.0) * 2.0
     assert mmc_sojourn_survival(1.0, 1.0, 1.0, 2) == pytest.approx(expected_equal, rel=1e-9)
     assert mmc_sojourn_survival(1.0, 2.0, 1.0, 2) == 1.0
+    # exactly saturated (c mu = lambda): no finite quantile, no endless search
+    assert mmc_sojourn_quantile_s(4.0, 1.0, 4, 0.9) == math.inf
+    assert mmc_wait_mean_s(4.0, 1.0, 4) == math.inf
     # the quantile inverts the integrated density (own evaluation, scipy quad + bisection)
     q = mmc_sojourn_quantile_s(RATE_PER_S, 10.0, 2, 0.9)
     assert q == pytest.approx(_mmc_quantile_by_integration(RATE_PER_S, 10.0, 2, 0.9), rel=1e-7)
@@ -236,6 +240,16 @@ def test_mixture_quantile_pieces() -> None:
         assert got == pytest.approx(expected, rel=1e-7, abs=1e-9)
     # A percentile reached without waiting: the smallest own time (the whole tail is 0.8 < 0.9).
     assert sojourn_quantile_mixture_s(np.array([1.0]), np.array([1.0]), 0.05, 1.0, 0.9) == 1.0
+    # A wait that is certain but has zero mean, or a mean but no chance: no wait at all.
+    assert sojourn_quantile_mixture_s(own, weights, 0.5, 0.0, 0.7) == 0.2
+    assert sojourn_quantile_mixture_s(own, weights, 0.0, 0.3, 0.7) == 0.2
+    # Weights that fall short of 1 by rounding: a percentile above their sum is the largest.
+    short = np.array([0.5, 0.4999995])
+    assert sojourn_quantile_mixture_s(np.array([1.0, 2.0]), short, 0.0, 0.0, 0.9999999) == 2.0
+    # One own time x and a certain exponential wait of mean m: x + m ln(1/(1 - p));
+    # 0.1 + 0.1 ln 10 = 0.330259 s at p90
+    single = sojourn_quantile_mixture_s(np.array([0.1]), np.array([1.0]), 1.0, 0.1, 0.9)
+    assert single == pytest.approx(0.1 + 0.1 * math.log(10), rel=1e-8)
 
 
 # --------------------------------------------------------------------------- prefill models
@@ -411,6 +425,19 @@ def test_paper_decode_model_inverts_the_published_fit() -> None:
     assert pred.batch_mean == pytest.approx(per_instance * roots[0] / 1000, rel=1e-5)
 
 
+def test_paper_decode_fit_with_two_points_is_a_line() -> None:
+    # Two benchmark points: (TPOT 12.8 ms, 10 * 1000/12.8 = 781.25 tokens/s) and
+    # (16.4 ms, 20 * 1000/16.4 = 1219.512 tokens/s); the line through them at 20 ms:
+    # 781.25 + (1219.512 - 781.25) / 3.6 * 7.2 = 781.25 + 2 * 438.262 = 1657.774 tokens/s
+    profiles = import_paper_table(input_tokens=6144, prefill_max_throughput_tokens_per_s=28309,
+                                  decode_batch=[10, 20], decode_tpot_ms=[12.8, 16.4])
+    w = Workload.from_tokens_per_min(5e6, 6144, 512)
+    low, high = 10_000 / 12.8, 20_000 / 16.4
+    expected = low + (high - low) / 3.6 * 7.2
+    got = paper_decode_throughput_tokens_per_s(profiles.instances[1], w, SLO(ttft_s=2, tpot_ms=20))
+    assert got == pytest.approx(expected, rel=1e-9)
+
+
 def test_paper_prefill_model_is_mean_mm1() -> None:
     w = Workload.from_tokens_per_min(5e6, 6144, 512)
     # mu = 28309 / 6144 = 4.607585 /s; lambda = 5e6/60/6656 = 12.520032 /s
@@ -531,11 +558,17 @@ def test_decode_limits() -> None:
     over = predict_decode("poisson", DECODE, 1, _decode_workload(100.0), _mean_slo())
     assert over.tpot_ms == math.inf and over.limit == "batch_limit"
     assert predict_decode("poisson", DECODE, 0, w, _mean_slo()).tpot_ms == math.inf
-    # Little's batch far above the engine's limit is overload too: with a batch limit of 10,
-    # 900 tokens/s gives B = 81 > 4 * 10
-    capped = predict_decode("littles", _decode_instance(max_batch_size=10), 1,
+    # Little's batch far above the engine's limit is overload too: 900 tokens/s gives
+    # B = 9 * 900 / 100 = 81, above 4 x 17 = 68 (but below 5 x 17 = 85) and below 4 x 21 = 84
+    capped = predict_decode("littles", _decode_instance(max_batch_size=17), 1,
                             _decode_workload(90.0), _mean_slo())
     assert capped.tpot_ms == math.inf
+    assert capped.limit == "batch_limit"
+    below = predict_decode("littles", _decode_instance(max_batch_size=21), 1,
+                           _decode_workload(90.0), _mean_slo())
+    assert below.batch_mean == pytest.approx(81.0, rel=1e-12)
+    assert below.tpot_ms == pytest.approx(90.0, rel=1e-12)
+    assert below.limit == "batch_limit"  # 81 > 21: over the engine's batch limit
 
 
 # --------------------------------------------------------------------------- decode wait factor
