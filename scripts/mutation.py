@@ -72,6 +72,7 @@ TEST_MAP: dict[str, tuple[str, ...]] = {
         "tests/unit/test_control.py",
     ),
     "planner/optimize.py": (
+        "tests/unit/test_optimize_rules.py",
         "tests/unit/test_cost_selection.py",
         "tests/unit/test_paper.py",
         "tests/unit/test_cli_plan.py",
