@@ -39,6 +39,8 @@ import ast
 import compileall
 import copy
 import json
+import multiprocessing
+import multiprocessing.context
 import os
 import py_compile
 import random
@@ -355,17 +357,60 @@ def _environment(sandbox: Path) -> dict[str, str]:
     return env
 
 
+def _pytest_args(module: str) -> list[str]:
+    return ["-x", "-q", "-p", "no:cacheprovider", "--no-header", "--noconftest",
+            *tests_for(module), "--doctest-modules", module]
+
+
+#: Imported once by the fork server, so that each mutant's pytest starts without paying for
+#: numpy, scipy, pydantic and pytest again (the planner itself is imported fresh every time).
+PRELOAD = ["numpy", "scipy.special", "scipy.stats", "scipy.optimize", "scipy.integrate",
+           "scipy.interpolate", "pydantic", "yaml", "pytest", "_pytest.doctest", "hypothesis"]
+_FORK: dict[str, multiprocessing.context.ForkServerContext] = {}
+
+
+def _child(sandbox: str, args: list[str], log: str, env: dict[str, str]) -> None:
+    """Run pytest in a process forked from the fork server, output to ``log``."""
+    os.chdir(sandbox)
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.environ.update(env)
+    sys.path[:0] = env["PYTHONPATH"].split(os.pathsep)
+    sys.dont_write_bytecode = True
+    import pytest
+
+    code = int(pytest.main(args))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def _pytest(sandbox: Path, module: str, timeout_s: float) -> tuple[int | None, float, str]:
-    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
-               "--no-header", "--noconftest", *tests_for(module), "--doctest-modules", module]
     started = time.monotonic()
-    try:
-        done = subprocess.run(command, cwd=sandbox, env=_environment(sandbox),
-                              capture_output=True, text=True, timeout=timeout_s, check=False)
-    except subprocess.TimeoutExpired:
+    context = _FORK.get("context")
+    if context is None:
+        command = [sys.executable, "-m", "pytest", *_pytest_args(module)]
+        try:
+            done = subprocess.run(command, cwd=sandbox, env=_environment(sandbox),
+                                  capture_output=True, text=True, timeout=timeout_s, check=False)
+        except subprocess.TimeoutExpired:
+            return None, time.monotonic() - started, "timeout"
+        tail = (done.stdout + done.stderr).strip().splitlines()
+        return done.returncode, time.monotonic() - started, tail[-1] if tail else ""
+    log = sandbox / "pytest.log"
+    env = {k: v for k, v in _environment(sandbox).items()
+           if k in ("PYTHONPATH", "PDSCALER_SHARED")}
+    process = context.Process(target=_child, args=(str(sandbox), _pytest_args(module),
+                                                    str(log), env))
+    process.start()
+    process.join(timeout_s)
+    if process.is_alive():
+        process.kill()
+        process.join()
         return None, time.monotonic() - started, "timeout"
-    tail = (done.stdout + done.stderr).strip().splitlines()
-    return done.returncode, time.monotonic() - started, tail[-1] if tail else ""
+    lines = log.read_text(errors="replace").strip().splitlines() if log.exists() else []
+    return process.exitcode, time.monotonic() - started, lines[-1] if lines else ""
 
 
 def baseline(sandbox: Path, module: str) -> float:
@@ -496,6 +541,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
     parser.add_argument("--results", default="docs/mutation-results.json",
                         help="where each mutant's outcome is kept (JSON)")
+    parser.add_argument("--no-fork", action="store_true",
+                        help="start a fresh interpreter per mutant instead of forking from a "
+                        "server with numpy, scipy and pytest preloaded")
     parser.add_argument("--resume", action="store_true",
                         help="reuse killed outcomes from --results; rerun only the others "
                         "(valid while the module under test is unchanged)")
@@ -522,6 +570,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(plan)} mutants", file=sys.stderr)
         return 0
     started = time.monotonic()
+    if not args.no_fork:
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(PRELOAD)
+        _FORK["context"] = context
     sandboxes = [_make_sandbox() for _ in range(max(args.jobs, 1))]
     try:
         baselines = {m: baseline(sandboxes[0], m) for m in modules}
