@@ -76,7 +76,7 @@ def test_scale_up_goes_to_the_window_minimum() -> None:
     assert decision.desired_replicas == 5
     assert decision.stabilized_replicas == 5
     assert decision.held_by is None
-    assert "stabilized from 12 to 5" in decision.reason
+    assert decision.reason == "3 -> 5 replicas (recommended 12; stabilized from 12 to 5)"
 
 
 def test_scale_up_window_start_is_inclusive() -> None:

@@ -292,3 +292,14 @@ def test_budget_counts_gpus_per_instance() -> None:
     result = plan(paper_request(budget=Budget(max_gpus=55)))
     assert not result.feasible and result.binding_constraint == "budget.max_gpus"
     assert plan(paper_request(budget=Budget(max_gpus=56))).feasible
+
+
+def test_search_limit() -> None:
+    # 10^6 req/s x 1/3 s: a fluid bound of 333,333 instances, beyond the search's 100,000
+    huge = _request({}, workload=_request({}).workload.with_rate(1e6),
+                    models=ModelChoice(prefill="mgc", decode="littles"),
+                    prefill_configs=("a100-p",), decode_configs=("h200-d",))
+    result = plan(huge)
+    assert not result.feasible
+    assert result.prefill.reason == "no replica count up to 100000 meets TTFT"
+    assert result.prefill.replicas == 333_334  # ceil of the fluid bound
