@@ -26,6 +26,7 @@ from planner import (
     plan,
 )
 from planner.models import DecodePrediction
+from planner.optimize import plan_prefill
 from planner.paper import paper_request
 from tests.unit.test_cost_selection import PROFILES, _decode, _prefill, _request
 
@@ -141,12 +142,17 @@ def test_paper_prefill_unreachable_ttft() -> None:
         # general service: the own time 1/3 s at any percentile, + 0.1
         ("mgc", 0.9, 1 / 3 + 0.1),
         ("ggc", None, 1 / 3 + 0.1),
+        # with 1e-4 s/token of KV transfer: 1/3 + 0.1 + 0.1
+        ("mgc", 0.9, 1 / 3 + 0.2),
     ],
 )
 def test_zero_load_ttft_floor(model: str, percentile: float | None, floor_s: float) -> None:
+    per_token_s = 1e-4 if floor_s > 0.5 else 0.0
+    budget = TTFTBudget(overhead_s=0.1, kv_transfer_s_per_token=per_token_s)
+
     def request(ttft_s: float) -> object:
         return _request({}, slo=SLO(ttft_s=ttft_s, ttft_percentile=percentile, tpot_ms=20.0),
-                        prefill_configs=("a100-p",),
+                        prefill_configs=("a100-p",), ttft_budget=budget,
                         models=ModelChoice.model_validate({"prefill": model,
                                                            "decode": "littles"}))
 
@@ -303,3 +309,21 @@ def test_search_limit() -> None:
     assert not result.feasible
     assert result.prefill.reason == "no replica count up to 100000 meets TTFT"
     assert result.prefill.replicas == 333_334  # ceil of the fluid bound
+
+
+def test_search_gives_up_at_the_limit() -> None:
+    # TPOT 10.0001 ms on a100 needs a batch of at most ~1 per instance (r <= ~100 tokens/s):
+    # 150,000 req/s x 100 tokens need ~150,000 instances; the search stops at 100,000.
+    result = plan(_request({}, workload=_request({}).workload.with_rate(150_000.0),
+                           slo=SLO(ttft_s=1.1, tpot_ms=10.0001), decode_configs=("a100-d",)))
+    assert not result.decode.feasible
+    assert result.decode.reason == "no replica count up to 100000 meets TPOT"
+    assert result.decode.replicas == math.ceil(result.decode.fluid_bound)
+
+
+def test_plan_prefill_alone_has_no_decode_step() -> None:
+    request = _request({}, models=ModelChoice(prefill="mm1", decode="littles"),
+                       ttft_budget=TTFTBudget(overhead_s=0.1, include_first_decode_step=True))
+    alone = plan_prefill(request, PROFILES.instances[1])
+    # 2 h200 (mu = 9, lambda_i = 7.5): 1/1.5 + 0.1 s, no decode step given
+    assert alone.predicted.ttft_s == pytest.approx(1 / 1.5 + 0.1, rel=1e-9)  # type: ignore[union-attr]
