@@ -128,6 +128,8 @@ def test_paper_prefill_unreachable_ttft() -> None:
         "service time 0.111 s at 1000 input tokens")
     # no bound: the fluid count ceil(15/9 = 1.667) = 2; with a bound: the bound
     assert result.prefill.replicas == 2
+    fewer = result.prefill.predicted_one_fewer
+    assert fewer is not None and fewer.replicas == 1
     capped = plan(_request({}, slo=SLO(ttft_s=0.2, tpot_ms=20.0), prefill_configs=("h200-p",),
                            prefill_bounds=ReplicaBounds(max_replicas=7)))
     assert capped.prefill.replicas == 7
@@ -242,6 +244,12 @@ def test_tpot_below_the_single_request_tpot() -> None:
                                     "context 1050 tokens on decode/a100-d")
     # fluid count ceil(1.63) = 2 without a bound, the bound with one
     assert result.decode.replicas == 2 and not result.decode.feasible
+    fewer = result.decode.predicted_one_fewer
+    assert fewer is not None and fewer.replicas == 1
+    # a light load: fluid 0.5 x 100 / 918.18 = 0.054 -> one replica
+    light = plan(_request({}, workload=_request({}).workload.with_rate(0.5),
+                          slo=SLO(ttft_s=1.1, tpot_ms=9.0), decode_configs=("a100-d",)))
+    assert light.decode.replicas == 1 and light.decode.predicted_one_fewer is None
     capped = plan(_request({}, slo=SLO(ttft_s=1.1, tpot_ms=9.0), decode_configs=("a100-d",),
                            decode_bounds=ReplicaBounds(max_replicas=4)))
     assert capped.decode.replicas == 4
@@ -327,3 +335,21 @@ def test_plan_prefill_alone_has_no_decode_step() -> None:
     alone = plan_prefill(request, PROFILES.instances[1])
     # 2 h200 (mu = 9, lambda_i = 7.5): 1/1.5 + 0.1 s, no decode step given
     assert alone.predicted.ttft_s == pytest.approx(1 / 1.5 + 0.1, rel=1e-9)  # type: ignore[union-attr]
+
+
+def test_zero_decode_replicas_allowed_by_the_bound() -> None:
+    result = plan(_request({}, decode_bounds=ReplicaBounds(max_replicas=0)))
+    assert result.decode.replicas == 0 and not result.decode.feasible
+    assert result.decode.predicted_one_fewer is None
+
+
+def test_an_overloaded_decode_adds_no_step_to_ttft() -> None:
+    # decode capped at 1 a100 (needs 3): TPOT infinite, so no first-step time reaches TTFT;
+    # prefill then is sized as without the step: 2 h200, 1/1.5 + 0.1 s
+    request = _request({}, models=ModelChoice(prefill="mm1", decode="littles"),
+                       decode_configs=("a100-d",), decode_bounds=ReplicaBounds(max_replicas=1),
+                       ttft_budget=TTFTBudget(overhead_s=0.1, include_first_decode_step=True))
+    result = plan(request)
+    assert result.decode.predicted.tpot_ms == math.inf  # type: ignore[union-attr]
+    assert (result.prefill.config, result.prefill.replicas) == ("h200-p", 2)
+    assert result.prefill.predicted.ttft_s == pytest.approx(1 / 1.5 + 0.1, rel=1e-9)  # type: ignore[union-attr]
