@@ -52,7 +52,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -94,7 +94,95 @@ FALLBACK_TESTS = ("tests/unit",)
 
 #: Survivors known to be equivalent (or accepted), keyed by module, original line and mutated
 #: line (both stripped), so the key survives edits elsewhere in the file.
-EQUIVALENT: dict[tuple[str, str, str], str] = {}
+EQUIVALENT: dict[tuple[str, ...], str] = {}
+
+
+def _equivalent(module: str, original: str, mutated: str, why: str, occurrence: int = 0) -> None:
+    key = (module, original, mutated) if not occurrence else (
+        module, original, mutated, f"#{occurrence}")
+    EQUIVALENT[key] = why
+
+
+_SLACK = ("a numerical slack or tolerance: the two sides differ only on an exact tie that the "
+          "model's inputs do not produce; equivalent")
+_BRACKET = ("only the initial bracket of a root search, which the loop below widens until it "
+            "holds the root; the quantile is the same; equivalent")
+for _original, _mutated, _why in (
+    ("if gap <= 0:", "if gap < 0:",
+     "unreachable: gap = 1/E[S] - lambda/n <= 0 exactly when utilization >= 1, which returned "
+     "above; equivalent"),
+    ("if busy <= target:", "if busy < target:",
+     "at busy = 1 - p the piecewise solve below gives y = 0, the same factor 1.0; equivalent"),
+    ("order = np.argsort(1.0 / gaps)", "order = np.argsort(2.0 / gaps)",
+     "scaling by 2 keeps the order; equivalent"),
+    ("real = sorted(r.real for r in roots if abs(r.imag) < 1e-9 and r.real > 0)",
+     "real = sorted(r.real for r in roots if abs(r.imag) <= 1e-09 and r.real > 0)", _SLACK),
+    ("return 1.0 + float(roots[np.argmax(inside)]) if inside.any() else 1.0 + float(ends[-1])",
+     "return 1.0 + float(roots[np.argmax(inside)]) if inside.any() else 1.0",
+     "unreachable fallback: when busy > 1 - p the decreasing, continuous tail crosses 1 - p "
+     "inside some piece; equivalent"),
+):
+    _equivalent("planner/models.py", _original, _mutated, _why)
+_INSIDE = "inside = (roots >= starts - 1e-12) & (roots <= ends + 1e-12)"
+for _mutated in (
+    "inside = (roots > starts - 1e-12) & (roots <= ends + 1e-12)",
+    "inside = (roots >= starts + 1e-12) & (roots <= ends + 1e-12)",
+    "inside = (roots >= starts - 1e-12) & (roots < ends + 1e-12)",
+    "inside = (roots >= starts - 2e-12) & (roots <= ends + 1e-12)",
+):
+    _equivalent("planner/models.py", _INSIDE, _mutated,
+                "decides only a root on a breakpoint, where both neighbouring pieces give the "
+                "same y (the tail is continuous); equivalent")
+_UPPER = "upper = float(x.max()) + max(wait_mean_s / wait_probability, 1e-9)"
+for _mutated in (
+    "upper = float(x.max()) + (wait_mean_s / wait_probability)",
+    "upper = float(x.max()) + 1e-09",
+    "upper = float(x.max()) + max((wait_mean_s), 1e-9)",
+    "upper = float(x.max()) + max(wait_mean_s / wait_probability, 2e-09)",
+):
+    _equivalent("planner/queueing.py", _UPPER, _mutated, _BRACKET)
+for _original, _mutated, _why in (
+    ("if abs(theta - mu) < 1e-9 * mu:", "if abs(theta - mu) <= 1e-09 * mu:", _SLACK),
+    ("return float(brentq(survival, lower, upper, xtol=1e-9, rtol=1e-9))",
+     "return float(brentq(survival, lower, upper, xtol=1e-9, rtol=2e-09))",
+     "root-finder tolerance 1e-9 -> 2e-9 relative: below what a TTFT in seconds can show; "
+     "equivalent"),
+    ("upper *= 2.0", "upper *= 3.0", _BRACKET),
+    ("while mmc_sojourn_survival(upper, arrival_rate_per_s, service_rate_per_s, servers) "
+     "> target:",
+     "while mmc_sojourn_survival(upper, arrival_rate_per_s, service_rate_per_s, servers) "
+     ">= target:", _BRACKET),
+):
+    _equivalent("planner/queueing.py", _original, _mutated, _why)
+for _original, _mutated, _why in (
+    ("policy.scale_up_stabilization_s if bounded > current",
+     "policy.scale_up_stabilization_s if bounded >= current",
+     "names the window in a message that is only written when bounded != current, where > "
+     "and >= agree; equivalent"),
+    ("return abs(desired - current) <= tolerance * current + 1e-9",
+     "return abs(desired - current) < tolerance * current + 1e-09", _SLACK),
+    ("return abs(desired - current) <= tolerance * current + 1e-9",
+     "return abs(desired - current) <= tolerance * current + 2e-09", _SLACK),
+):
+    _equivalent("planner/control.py", _original, _mutated, _why)
+for _original, _mutated, _why in (
+    ("high = min(low * 2, cap) if low > 0 else 1", "high = min(low * 4, cap) if low > 0 else 1",
+     "a faster-growing bracket; the bisection that follows finds the same smallest count "
+     "(latency is monotone in replicas); equivalent"),
+    ("index = min(int(np.searchsorted(cumulative, percentile - 1e-12)), own.size - 1)",
+     "index = min(int(np.searchsorted(cumulative, percentile - 2e-12)), own.size - 1)", _SLACK),
+    ("key = (p_inst.name, round(step_s, 9))", "key = (p_inst.name, round(step_s, 10))",
+     "a cache key's rounding: equal steps still share an entry; equivalent"),
+    ("one_fewer = predict(replicas - 1) if replicas > 1 else None",
+     "one_fewer = predict(replicas - 1) if replicas >= 1 else None",
+     "only adds predict(0), which never reports a limit, so the binding rule cannot change; "
+     "equivalent"),
+    ("replicas = cap if bounds.max_replicas is not None else max(math.ceil(fluid), 1)",
+     "replicas = cap if bounds.max_replicas is not None else (math.ceil(fluid))",
+     "the fluid bound is positive (rate and output length are), so its ceiling is >= 1; "
+     "equivalent"),
+):
+    _equivalent("planner/optimize.py", _original, _mutated, _why)
 
 
 @dataclass(frozen=True)
@@ -105,10 +193,12 @@ class Mutant:
     original: str
     mutated: str
     source: str = field(repr=False, compare=False)
+    occurrence: int = 0  # how many identical (original, mutated) pairs come before it
 
     @property
-    def key(self) -> tuple[str, str, str]:
-        return (self.module, self.original.strip(), self.mutated.strip())
+    def key(self) -> tuple[str, ...]:
+        base = (self.module, self.original.strip(), self.mutated.strip())
+        return base if not self.occurrence else (*base, f"#{self.occurrence}")
 
 
 @dataclass
@@ -271,6 +361,12 @@ def generate(module: str) -> list[Mutant]:
         for candidate in candidates:
             mutants.extend(_apply(module, lines, node, candidate, seen))
     mutants.sort(key=lambda m: (m.line, m.operator, m.mutated))
+    counts: dict[tuple[str, ...], int] = {}
+    for index, mutant in enumerate(mutants):
+        seen_before = counts.get(mutant.key, 0)
+        counts[mutant.key] = seen_before + 1
+        if seen_before:
+            mutants[index] = replace(mutant, occurrence=seen_before)
     return mutants
 
 
