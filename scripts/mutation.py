@@ -567,11 +567,21 @@ def write_report(path: Path, outcomes: list[Outcome], totals: dict[str, int],
         "`max`/`min`); only the module's mapped unit tests and its doctests run against it",
         "(`pytest -x -q -p no:cacheprovider`), with a per-mutant timeout of "
         f"{args.timeout_factor:g} x the unmutated run (at least {args.min_timeout:g} s).",
-        "A timeout counts as killed.",
+        "A timeout counts as killed. Survivors are listed at the end, each with the reason it",
+        "is equivalent (kept in `EQUIVALENT` in the script) or marked as a missing test.",
+        "",
+        "Running it: `make mutation` (default `MUTATION_ARGS=\"--sample 100 --jobs 2\"`, every",
+        "planner module but `simulate.py` and `importers.py`, and the operator's controller core",
+        "when it exists); `--list` shows the mutants without running them; outcomes are kept in",
+        "`docs/mutation-results.json` after every mutant, and `--resume` reuses the killed ones",
+        "(valid while the mutated module is unchanged) and reruns the rest; `--report-only`",
+        "rewrites this file from the kept outcomes. The test files run for each module are in",
+        "`TEST_MAP` in the script.",
         "",
         f"Command: `python scripts/mutation.py {' '.join(args.argv)}`".rstrip() + "  ",
         f"Sampling: {args.sample_text}  ",
-        f"Wall time: {elapsed_s / 60:.1f} min with {args.jobs} parallel job(s).",
+        (f"Wall time: {elapsed_s / 60:.1f} min with {args.jobs} parallel job(s) on 2 shared "
+         "cores." if elapsed_s > 0 else "Wall time: see the runs that produced the outcomes."),
         "",
     ]
     focus = [m for m in by_module if m in FOCUS]
@@ -595,8 +605,10 @@ def write_report(path: Path, outcomes: list[Outcome], totals: dict[str, int],
     ]
     for module in sorted(by_module):
         lines.append(_table_row(module, by_module[module], totals[module]))
-    lines += ["", "Unmutated test time per module (s): " + ", ".join(
-        f"`{m}` {s:.1f}" for m, s in sorted(baselines.items())), ""]
+    lines.append("")
+    if baselines:
+        lines += ["Unmutated test time per module (s): " + ", ".join(
+            f"`{m}` {s:.1f}" for m, s in sorted(baselines.items())), ""]
     lines += ["## Survivors", ""]
     for module in sorted(by_module):
         survivors = [o for o in by_module[module] if o.status == "survived"]
@@ -640,6 +652,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-fork", action="store_true",
                         help="start a fresh interpreter per mutant instead of forking from a "
                         "server with numpy, scipy and pytest preloaded")
+    parser.add_argument("--report-only", action="store_true",
+                        help="write the report from --results without running anything")
     parser.add_argument("--resume", action="store_true",
                         help="reuse killed outcomes from --results; rerun only the others "
                         "(valid while the module under test is unchanged)")
@@ -664,6 +678,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{m.module}:{m.line}: [{m.operator}] {m.original.strip()}  ->  "
                   f"{m.mutated.strip()}")
         print(f"{len(plan)} mutants", file=sys.stderr)
+        return 0
+    if args.report_only:
+        kept = json.loads((REPO / args.results).read_text())
+        stored = [Outcome(m, str(kept[_key_text(m)]["status"]),
+                          float(kept[_key_text(m)]["seconds"]), str(kept[_key_text(m)]["detail"]))
+                  for m in plan if _key_text(m) in kept]
+        missing = len(plan) - len(stored)
+        if missing:
+            print(f"{missing} mutants of the plan have no outcome in {args.results}",
+                  file=sys.stderr)
+        stored.sort(key=lambda o: (o.mutant.module, o.mutant.line, o.mutant.mutated))
+        write_report(REPO / args.report, stored, totals, args, 0.0, {})
         return 0
     started = time.monotonic()
     if not args.no_fork:
