@@ -177,12 +177,14 @@ for _original, _mutated, _why in (
      "one_fewer = predict(replicas - 1) if replicas >= 1 else None",
      "only adds predict(0), which never reports a limit, so the binding rule cannot change; "
      "equivalent"),
-    ("replicas = cap if bounds.max_replicas is not None else max(math.ceil(fluid), 1)",
-     "replicas = cap if bounds.max_replicas is not None else (math.ceil(fluid))",
-     "the fluid bound is positive (rate and output length are), so its ceiling is >= 1; "
-     "equivalent"),
 ):
     _equivalent("planner/optimize.py", _original, _mutated, _why)
+for _occurrence in (0, 1):  # the same line in plan_prefill and plan_decode
+    _equivalent("planner/optimize.py",
+                "replicas = cap if bounds.max_replicas is not None else max(math.ceil(fluid), 1)",
+                "replicas = cap if bounds.max_replicas is not None else (math.ceil(fluid))",
+                "the fluid bound is positive (rate and lengths are), so its ceiling is >= 1; "
+                "equivalent", _occurrence)
 
 
 @dataclass(frozen=True)
@@ -578,10 +580,14 @@ def write_report(path: Path, outcomes: list[Outcome], totals: dict[str, int],
         "rewrites this file from the kept outcomes. The test files run for each module are in",
         "`TEST_MAP` in the script.",
         "",
-        f"Command: `python scripts/mutation.py {' '.join(args.argv)}`".rstrip() + "  ",
+        "Command: `python scripts/mutation.py "
+        + " ".join(a for a in args.argv if a != "--report-only") + "`  ",
         f"Sampling: {args.sample_text}  ",
         (f"Wall time: {elapsed_s / 60:.1f} min with {args.jobs} parallel job(s) on 2 shared "
-         "cores." if elapsed_s > 0 else "Wall time: see the runs that produced the outcomes."),
+         "cores." if elapsed_s > 0 else
+         "Test time summed over the mutants' last runs: "
+         f"{sum(o.seconds for o in outcomes) / 60:.0f} min (the report was rewritten from the "
+         "kept outcomes)."),
         "",
     ]
     focus = [m for m in by_module if m in FOCUS]
@@ -619,7 +625,10 @@ def write_report(path: Path, outcomes: list[Outcome], totals: dict[str, int],
                   "|---|---|---|---|"]
         for outcome in survivors:
             m = outcome.mutant
-            why = EQUIVALENT.get(m.key, "**missing test** (not yet analysed)")
+            why = EQUIVALENT.get(m.key) or (
+                "**missing test**: " + ("not yet analysed; " if module not in FOCUS else "")
+                + "nothing in " + ", ".join(f"`{Path(t).name}`" for t in tests_for(module))
+                + " notices it")
             original = m.original.strip().replace("|", "\\|")
             mutated = m.mutated.strip().replace("|", "\\|")
             lines.append(f"| {m.line} | {m.operator} | `{original}` → `{mutated}` | {why} |")
