@@ -51,11 +51,13 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from pdscaler.controller.api import PDDeploymentSpec, parse_spec  # noqa: E402
 from pdscaler.replay.observe import ScrapeConfig, vllm_bounds  # noqa: E402
 from pdscaler.replay.policies import (  # noqa: E402
     ClairvoyantPolicy,
     DynamoPolicy,
     HpaPolicy,
+    PdscalerPolicy,
     PlannerContext,
     PlannerPolicy,
     Policy,
@@ -79,6 +81,7 @@ from pdscaler.replay.traces import (  # noqa: E402
 from planner import (  # noqa: E402
     SLO,
     InstanceProfile,
+    ProfileSet,
     import_aiconfigurator_csv,
     import_dynamo_npz,
     parse_trace_csv,
@@ -96,7 +99,14 @@ WINDOW_S = 300.0
 HOUR_S = 3600.0
 
 WORKLOADS = ("conv", "code", "step", "spike", "diurnal")
-POLICIES = ("static-peak", "clairvoyant", "hpa", "dynamo", "paper", "planner")
+POLICIES = ("static-peak", "clairvoyant", "hpa", "dynamo", "paper", "planner", "pdscaler")
+PDSCALER_VARIANTS: dict[str, dict[str, Any]] = {
+    "pdscaler": {},
+    "pdscaler-no-forecast": {"forecast": "none"},
+    "pdscaler-no-calibration": {"onlineCalibration": False},
+    "pdscaler-poisson": {"arrivalDispersion": 1.0},
+}
+"""The operator's defaults, and each learning feature switched off (rows on vs off)."""
 DELAYS_S = (60.0, 180.0, 300.0)
 STEP_AT_S = 1200.0
 SPIKE_AT_S = 1800.0
@@ -184,7 +194,40 @@ def make_requests(workload: str, deployment: Deployment, target: int, duration_s
     return shaped_requests(workload, rate_fn, duration_s, lengths, rng)
 
 
-def make_policy(name: str, context: PlannerContext, schedule: list[tuple[int, int]]) -> Policy:
+def pdscaler_spec(d: Deployment, delay_s: float, window_s: float, interval_s: float,
+                  planner: dict[str, Any]) -> PDDeploymentSpec:
+    """The PDDeployment a user would apply for ``d``: the operator's defaults but for the SLOs,
+    the profile, the bounds and the start-up delay (what the user knows of the model load)."""
+
+    def role(instance: InstanceProfile, name: str) -> dict[str, Any]:
+        return {"scaleTargetRef": {"kind": "Deployment", "name": name},
+                "profileConfig": instance.name, "gpusPerReplica": instance.gpus_per_instance,
+                "minReplicas": 1, "maxReplicas": 200,
+                "metrics": {"matchLabels": {"role": name}}}
+
+    document = ProfileSet(instances=(d.prefill, d.decode)).to_document()
+    return parse_spec({
+        "mode": "Auto",
+        "slo": {"ttftS": d.slo.ttft_s, "ttftPercentile": d.slo.ttft_percentile,
+                "tpotMs": d.slo.tpot_ms, "tpotPercentile": d.slo.tpot_percentile},
+        "profile": {"inline": document},
+        "prefill": role(d.prefill, "prefill"),
+        "decode": role(d.decode, "decode"),
+        "workload": {"source": "Prometheus",
+                     "prometheus": {"url": "http://replay", "windowS": window_s}},
+        "planner": planner,
+        "behavior": {"intervalS": interval_s, "startupDelayS": delay_s},
+    })
+
+
+def make_policy(name: str, context: PlannerContext, schedule: list[tuple[int, int]],
+                spec: PDDeploymentSpec | None = None) -> Policy:
+    if name in PDSCALER_VARIANTS:
+        assert spec is not None
+        document = ProfileSet(instances=(context.prefill, context.decode)).to_document()
+        policy = PdscalerPolicy(spec, document)
+        policy.name = name
+        return policy
     if name == "static-peak":
         return static_peak(schedule)
     if name == "clairvoyant":
@@ -201,7 +244,8 @@ def make_policy(name: str, context: PlannerContext, schedule: list[tuple[int, in
     if name == "static":
         p, d = schedule[0]
         return StaticPolicy(p, d)
-    raise ValueError(f"--policies: unknown policy {name!r}; known: {', '.join(POLICIES)}")
+    known = ", ".join((*POLICIES, *PDSCALER_VARIANTS))
+    raise ValueError(f"--policies: unknown policy {name!r}; known: {known}")
 
 
 @dataclass(frozen=True)
@@ -247,7 +291,11 @@ def run_case(case: Case) -> dict[str, Any]:
     r: Requests = _STATE["requests"][(case.deployment, case.workload)]
     schedule = _STATE["schedules"][(case.deployment, case.workload)]
     context = PlannerContext(d.prefill, d.decode, d.slo)
-    policy = make_policy(case.policy, context, schedule)
+    spec = None
+    if case.policy in PDSCALER_VARIANTS:
+        spec = pdscaler_spec(d, case.delay_s, args.window_s, args.interval_s,
+                             PDSCALER_VARIANTS[case.policy])
+    policy = make_policy(case.policy, context, schedule, spec)
     first = (policy.prefill, policy.decode) if isinstance(policy, StaticPolicy) else schedule[0]
     config = ElasticConfig(prefill=d.prefill, decode=d.decode, initial_prefill=first[0],
                            initial_decode=first[1], startup_s=case.delay_s,

@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from pdscaler import api
-from pdscaler.api import CrdModel, PDDeploymentSpec, Rule
+from pdscaler.controller import api
+from pdscaler.controller.api import CrdModel, PDDeploymentSpec, Rule
 from pydantic import ValidationError
 
 
