@@ -13,7 +13,12 @@ Predictors
     A robust straight line through the last ``n`` samples: the Theil–Sen slope
     :math:`\hat b = \mathrm{median}_{i<j} (r_j - r_i)/(t_j - t_i)` (Theil, 1950; Sen, 1968;
     breakdown point 29 %) and intercept :math:`\hat a = \mathrm{median}_i (r_i - \hat b t_i)`,
-    evaluated at :math:`t + h`. A linear ramp is extrapolated exactly.
+    evaluated at :math:`t + h`. A linear ramp is extrapolated exactly. The rate planned for is
+    the upper prediction bound :math:`\hat r(t + h) + z\,\hat s`, with :math:`\hat s =
+    1.4826\,\mathrm{MAD}` the robust scale of the residuals about the line (the minute-scale
+    noise of the rate that a replica started now must absorb when it is ready) and :math:`z`
+    the normal quantile of ``upper_quantile`` (default 0.9: :math:`z = 1.2816`); a clean ramp
+    has no residuals and no margin.
 ``seasonal``
     The same time one period :math:`P` ago, scaled by the level now against the level then
     (a multiplicative seasonal-naive forecast):
@@ -75,6 +80,8 @@ class ForecastPolicy:
     trend_samples: int = 10
     min_trend_samples: int = 5
     max_growth: float = 2.0
+    upper_quantile_z: float = 1.2816
+    """Normal quantile of the trend's upper prediction bound (1.2816: p90; 0: the line)."""
 
     def __post_init__(self) -> None:
         if self.min_trend_samples < 2:
@@ -179,9 +186,13 @@ def forecast_trend(history: Sequence[RateSample], current_rate_per_s: float, now
                         f"{policy.min_trend_samples}: no forecast")
     slope, intercept = theil_sen([p.time_s for p in points], [p.rate_per_s for p in points])
     value = intercept + slope * (now_s + horizon_s)
-    return _planned("trend", value, current_rate_per_s, horizon_s, policy,
+    residuals = np.array([p.rate_per_s - (intercept + slope * p.time_s) for p in points])
+    scale = 1.4826 * float(np.median(np.abs(residuals - np.median(residuals))))
+    margin = policy.upper_quantile_z * scale
+    return _planned("trend", value + margin, current_rate_per_s, horizon_s, policy,
                     f"Theil-Sen slope {slope:.3g} requests/s per s over {len(points)} samples, "
-                    f"{horizon_s:.0f} s ahead")
+                    f"{horizon_s:.0f} s ahead, + {margin:.3g} requests/s for the rate's noise "
+                    f"(z {policy.upper_quantile_z:g} x robust scale {scale:.3g})")
 
 
 def forecast_seasonal(history: Sequence[RateSample], current_rate_per_s: float, now_s: float,

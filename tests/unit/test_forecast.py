@@ -184,3 +184,17 @@ def test_the_forecast_survives_a_missing_metrics_tick() -> None:
         _live(forecast="trend"), now_s=NOW_S + 200.0, previous=last,
         workload=WorkloadRead(observation=observation(missing=("prefill: x",))))).status
     assert held.forecast == last.forecast
+
+
+def test_trend_plans_for_the_upper_prediction_bound_of_a_noisy_ramp() -> None:
+    """Ten samples 30 s apart on the ramp 5 + 0.01 t, alternating +0.5 / -0.5 about it: the
+    Theil–Sen line is the ramp (same-parity pairs give the exact slope, mixed pairs ±1/Δt
+    symmetrically; the intercepts' median of five +0.5 and five -0.5 is 0), the residuals are
+    ±0.5 with MAD 0.5, the robust scale 1.4826 x 0.5 = 0.7413, and the p90 margin
+    1.2816 x 0.7413 = 0.95005 requests/s. At now = 270 s, 200 s ahead: 5 + 0.01 x 470 = 9.7,
+    planned 9.7 + 0.95005 = 10.65005."""
+    from planner.forecast import RateSample, forecast_trend
+
+    h = [RateSample(30.0 * i, 5.0 + 0.3 * i + (0.5 if i % 2 else -0.5)) for i in range(10)]
+    f = forecast_trend(h, 7.0, 270.0, 200.0)
+    assert f.planned_rate_per_s == pytest.approx(9.7 + 1.2816 * 1.4826 * 0.5, rel=1e-9)

@@ -468,7 +468,8 @@ def _control(
                 current_replicas=state.spec_replicas,
                 ready_replicas=state.ready_replicas,
                 recommended_replicas=planned[role],
-                history=_history(b.inp.previous.role(role).recommendation_history),
+                history=_history(b.inp.previous.role(role).recommendation_history)
+                or _first_sight(state, b.inp.now_s),
                 capacity_limit=capacity_limit,
             ),
             policy_of(spec, role),
@@ -511,6 +512,12 @@ def _control(
 def clip(text: str, limit: int) -> str:
     """``text`` cut to ``limit`` characters with an ellipsis (status fields stay small)."""
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _first_sight(state: TargetState, now_s: float) -> tuple[Sample, ...]:
+    """No recommendation yet (a new object): the current count counts as one made now, so the
+    first scale-in waits out the scale-down stabilization window like any other."""
+    return (Sample(time_s=now_s, replicas=state.spec_replicas),)
 
 
 def _history(samples: Sequence[RecommendationSample]) -> tuple[Sample, ...]:
