@@ -40,8 +40,8 @@ from __future__ import annotations
 import math
 import re
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Union
 
 LOOKBACK_DELTA_S = 300.0
@@ -156,11 +156,15 @@ _TOKEN = re.compile(
     r"|(?P<op>=~|!~|!=|==|[-+*/(){}\[\],=]))"
 )
 _DURATION = re.compile(r"\s*([0-9]+)(ms|s|m|h|d|w|y)")
+_COLON = re.compile(r"\s*:")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0,
           "y": 31536000.0}
 AGGREGATORS = ("sum", "count", "avg", "min", "max", "group")
+OVER_TIME = ("avg_over_time", "stdvar_over_time", "count_over_time", "min_over_time",
+             "max_over_time")
 FUNCTIONS = ("rate", "increase", "deriv", "histogram_quantile", "time", "timestamp",
-             "label_replace", "abs", "clamp_min", "clamp_max", "scalar", "vector")
+             "label_replace", "abs", "clamp_min", "clamp_max", "scalar", "vector", *OVER_TIME)
+DEFAULT_SUBQUERY_STEP_S = 60.0  # the global evaluation interval's default, for ``[r:]``
 
 
 class PromQLError(ValueError):
@@ -188,6 +192,17 @@ class Selector:
     name: str | None
     matchers: tuple[Matcher, ...]
     range_s: float | None = None
+    offset_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Subquery:
+    """``(expr)[range:step] offset o``: ``expr`` at the step-aligned times in the range."""
+
+    expr: Node
+    range_s: float
+    step_s: float
+    offset_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -216,7 +231,7 @@ class Literal:
     value: float | str
 
 
-Node = Union[Selector, Call, Aggregate, Binary, Literal]  # noqa: UP007 (runtime alias)
+Node = Union[Selector, Subquery, Call, Aggregate, Binary, Literal]  # noqa: UP007 (runtime alias)
 
 
 def _unquote(text: str) -> str:
@@ -325,20 +340,50 @@ class _Parser:
         if name is None:
             names = [m.value for m in matchers if m.name == "__name__" and m.op == "="]
             name = names[0] if names else None
-        range_s: float | None = None
-        if self.accept("["):
+        return Selector(name, tuple(matchers))
+
+    def duration(self) -> float:
+        m = _DURATION.match(self.text, self.pos)
+        if m is None:
+            raise self.error("duration expected")
+        seconds = 0.0
+        while m is not None:
+            seconds += float(m.group(1)) * _UNITS[m.group(2)]
+            self.pos = m.end()
             m = _DURATION.match(self.text, self.pos)
-            if m is None:
-                raise self.error("duration expected")
-            range_s = 0.0
-            while m is not None:
-                range_s += float(m.group(1)) * _UNITS[m.group(2)]
-                self.pos = m.end()
-                m = _DURATION.match(self.text, self.pos)
+        return seconds
+
+    def postfix(self, node: Node) -> Node:
+        """``[range]`` on a selector, ``[range:step]`` on any expression, then ``offset``."""
+        if self.accept("["):
+            range_s = self.duration()
+            colon = _COLON.match(self.text, self.pos)
+            if colon is not None:
+                self.pos = colon.end()
+                step_s = DEFAULT_SUBQUERY_STEP_S
+                tok = self.peek()
+                if tok is None or tok[1] != "]":
+                    step_s = self.duration()
+                if step_s <= 0:
+                    raise self.error("subquery step must be positive")
+                node = Subquery(node, range_s, step_s)
+            elif isinstance(node, Selector) and node.range_s is None:
+                node = replace(node, range_s=range_s)
+            else:
+                raise self.error("a range [r] needs a vector selector (use [r:step])")
             self.expect("]")
-        return Selector(name, tuple(matchers), range_s)
+        if self.accept("offset"):
+            offset_s = self.duration()
+            if isinstance(node, Selector | Subquery) and node.offset_s == 0.0:
+                node = replace(node, offset_s=offset_s)
+            else:
+                raise self.error("offset needs a selector or a subquery")
+        return node
 
     def primary(self) -> Node:
+        return self.postfix(self.atom())
+
+    def atom(self) -> Node:
         kind, value = self.take()
         if kind == "num":
             return Literal(float(value))
@@ -531,6 +576,62 @@ def bucket_quantile(q: float, buckets: Sequence[tuple[float, float]]) -> float:
     return start + (end - start) * (rank / count)
 
 
+def _sum(values: Sequence[float]) -> float:
+    """Exactly rounded sum of finite values (IEEE rules with infinities or NaN)."""
+    if all(math.isfinite(v) for v in values):
+        return math.fsum(values)
+    return sum(values)
+
+
+def avg_over_time(values: Sequence[float]) -> float:
+    r"""Mean of a range's sample values, :math:`\frac1n\sum_i v_i` (``funcAvgOverTime``)."""
+    return _sum(values) / len(values)
+
+
+def stdvar_over_time(values: Sequence[float]) -> float:
+    r"""Population variance :math:`\frac1n\sum_i (v_i - \bar v)^2` (``funcStdvarOverTime``).
+
+    Prometheus accumulates it with Welford's update; this computes the same quantity in two
+    passes with exactly rounded sums.
+
+    Examples
+    --------
+    >>> stdvar_over_time([2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0])  # mean 5, Σ(v-5)² = 32
+    4.0
+    """
+    mean = avg_over_time(values)
+    if not math.isfinite(mean):
+        return math.nan
+    return _sum([(v - mean) ** 2 for v in values]) / len(values)
+
+
+def max_over_time(values: Sequence[float]) -> float:
+    """Largest value; NaN only when every value is NaN (``funcMaxOverTime``)."""
+    best = values[0]
+    for v in values:
+        if v > best or math.isnan(best):
+            best = v
+    return best
+
+
+def min_over_time(values: Sequence[float]) -> float:
+    """Smallest value; NaN only when every value is NaN (``funcMinOverTime``)."""
+    best = values[0]
+    for v in values:
+        if v < best or math.isnan(best):
+            best = v
+    return best
+
+
+_OVER_TIME: dict[str, Callable[[Sequence[float]], float]] = {
+    "avg_over_time": avg_over_time,
+    "stdvar_over_time": stdvar_over_time,
+    "count_over_time": lambda values: float(len(values)),
+    "min_over_time": min_over_time,
+    "max_over_time": max_over_time,
+}
+
+
 @dataclass(frozen=True)
 class Semantics:
     """Release-dependent rules: range interval ends and the order of the zero-point cap."""
@@ -552,6 +653,7 @@ class Engine:
         self.semantics = semantics
         self._cache: dict[str, Node] = {}
         self._selected: dict[tuple[str | None, tuple[Matcher, ...]], tuple[int, list[Series]]] = {}
+        self._subqueries: dict[tuple[Subquery, float], RangeVector] = {}  # within one query
 
     def query(self, text: str, time_s: float) -> list[tuple[dict[str, str], float]]:
         """An instant query, answered as ``(labels, value)`` pairs like the HTTP API's."""
@@ -559,7 +661,11 @@ class Engine:
         if node is None:
             node = parse(text)
             self._cache[text] = node
-        value = self.eval(node, time_s)
+        self._subqueries.clear()
+        try:
+            value = self.eval(node, time_s)
+        finally:
+            self._subqueries.clear()
         if isinstance(value, float):
             return [({}, value)]
         if isinstance(value, list) and all(isinstance(v, Sample) for v in value):
@@ -578,6 +684,7 @@ class Engine:
         return found
 
     def instant(self, sel: Selector, t: float) -> Vector:
+        t -= sel.offset_s
         out: Vector = []
         for s in self._select(sel):
             k = bisect_right(s.times_s, t) - 1
@@ -591,6 +698,7 @@ class Engine:
 
     def range(self, sel: Selector, t: float) -> RangeVector:
         assert sel.range_s is not None
+        t -= sel.offset_s
         start = t - sel.range_s
         out: RangeVector = []
         for s in self._select(sel):
@@ -609,12 +717,66 @@ class Engine:
                 out.append((s.labels, s.times_s[lo:hi], raw))  # type: ignore[arg-type]
         return out
 
+    def subquery_times(self, node: Subquery, t: float) -> list[float]:
+        r"""The step-aligned evaluation times :math:`k \cdot \mathrm{step}` in the range.
+
+        Computed in integer milliseconds as Prometheus does (``evalSubquery`` in
+        ``promql/engine.go``); the start is included in 2.42 and excluded in 3.x.
+        """
+        step_ms = round(node.step_s * 1000)
+        end_ms = round((t - node.offset_s) * 1000)
+        start_ms = end_ms - round(node.range_s * 1000)
+        k = -(-start_ms // step_ms)  # the first multiple of the step at or after the start
+        if self.semantics.left_open_ranges and k * step_ms == start_ms:
+            k += 1
+        return [j * step_ms / 1000 for j in range(k, end_ms // step_ms + 1)]
+
+    def subquery(self, node: Subquery, t: float) -> RangeVector:
+        """The inner expression's series at :meth:`subquery_times` (staleness: no point)."""
+        key = (node, t)
+        memo = self._subqueries.get(key)
+        if memo is not None:
+            return memo
+        rows: dict[Labels, tuple[dict[str, str], list[float], list[float]]] = {}
+        for t_k in self.subquery_times(node, t):
+            value = self.eval(node.expr, t_k)
+            if isinstance(value, float):
+                value = [Sample({}, value, t_k)]
+            elif not isinstance(value, list) or (value and not isinstance(value[0], Sample)):
+                raise PromQLError(f"PromQL: a subquery needs an instant vector or scalar, got "
+                                  f"{node.expr}")
+            for s in value:
+                assert isinstance(s, Sample)
+                row = rows.get(labels_key(s.labels))
+                if row is None:
+                    row = rows[labels_key(s.labels)] = (s.labels, [], [])
+                row[1].append(t_k)
+                row[2].append(s.value)
+        out: RangeVector = list(rows.values())
+        self._subqueries[key] = out
+        return out
+
+    def _range_arg(self, f: str, args: tuple[Node, ...], t: float
+                   ) -> tuple[RangeVector, float, float]:
+        """A function's one range argument: its series and the range's start and end."""
+        if len(args) == 1 and isinstance(args[0], Selector) and args[0].range_s is not None:
+            sel = args[0]
+            end = t - sel.offset_s
+            return self.range(sel, t), end - sel.range_s, end
+        if len(args) == 1 and isinstance(args[0], Subquery):
+            sub = args[0]
+            end = t - sub.offset_s
+            return self.subquery(sub, t), end - sub.range_s, end
+        raise PromQLError(f"PromQL: {f}() takes one range vector (selector or subquery)")
+
     # -- evaluation
     def eval(self, node: Node, t: float) -> Value:
         if isinstance(node, Literal):
             return node.value
         if isinstance(node, Selector):
             return self.range(node, t) if node.range_s is not None else self.instant(node, t)
+        if isinstance(node, Subquery):
+            return self.subquery(node, t)
         if isinstance(node, Aggregate):
             return self._aggregate(node, t)
         if isinstance(node, Binary):
@@ -638,21 +800,22 @@ class Engine:
         if f == "time":
             return float(t)
         if f in ("rate", "increase", "deriv"):
-            if len(args) != 1 or not isinstance(args[0], Selector) or args[0].range_s is None:
-                raise PromQLError(f"PromQL: {f}() takes one range vector selector")
-            sel = args[0]
-            assert sel.range_s is not None
+            series, start, end = self._range_arg(f, args, t)
             out: Vector = []
-            for labels, ts, vs in self.range(sel, t):
+            for labels, ts, vs in series:
                 if f == "deriv":
                     value = linear_slope(ts, vs)
                 else:
                     value = extrapolated_rate(
-                        ts, vs, t - sel.range_s, t, is_rate=f == "rate",
+                        ts, vs, start, end, is_rate=f == "rate",
                         zero_cap_first=self.semantics.zero_cap_first)
                 if value is not None:
                     out.append(Sample(_drop_name(labels), value, t))
             return out
+        if f in OVER_TIME:
+            series, _, _ = self._range_arg(f, args, t)
+            reduce = _OVER_TIME[f]
+            return [Sample(_drop_name(labels), reduce(vs), t) for labels, _, vs in series if vs]
         if f == "timestamp":
             if len(args) != 1:
                 raise PromQLError("PromQL: timestamp() takes one argument")
@@ -696,9 +859,11 @@ class Engine:
             vec = self._vector(args[0], t)
             bound = self._scalar(args[1], t) if f != "abs" else 0.0
 
-            def apply(v: float) -> float:
+            def apply(v: float) -> float:  # Go's math.Max/Min: NaN if either is NaN
                 if f == "abs":
                     return abs(v)
+                if math.isnan(v) or math.isnan(bound):
+                    return math.nan
                 return max(v, bound) if f == "clamp_min" else min(v, bound)
 
             return [Sample(_drop_name(s.labels), apply(s.value), t) for s in vec]
@@ -773,14 +938,28 @@ class Engine:
             return [Sample(_drop_name(s.labels), arith(s.value, right), t)
                     for s in left if isinstance(s, Sample)]
         if isinstance(left, list) and isinstance(right, list):
-            index = {labels_key(_drop_name(s.labels)): s for s in right if isinstance(s, Sample)}
+            index: dict[Labels, Sample] = {}
+            for s in right:
+                if not isinstance(s, Sample):
+                    raise PromQLError(f"PromQL: operator {node.op!r} on a range vector")
+                key = labels_key(_drop_name(s.labels))
+                if key in index:
+                    raise PromQLError(f"PromQL: many-to-many matching for {dict(key)} on the "
+                                      f"right of {node.op!r}")
+                index[key] = s
             out: Vector = []
+            matched: set[Labels] = set()
             for s in left:
                 if not isinstance(s, Sample):
-                    continue
+                    raise PromQLError(f"PromQL: operator {node.op!r} on a range vector")
                 labels = _drop_name(s.labels)
-                other = index.get(labels_key(labels))
+                key = labels_key(labels)
+                other = index.get(key)
                 if other is not None:
+                    if key in matched:
+                        raise PromQLError(f"PromQL: several series match {labels} on the left "
+                                          f"of {node.op!r}")
+                    matched.add(key)
                     out.append(Sample(labels, arith(s.value, other.value), t))
             return out
         raise PromQLError(f"PromQL: operator {node.op!r} on unsupported operands")
