@@ -438,7 +438,11 @@ RangeVector = list[tuple[dict[str, str], list[float], list[float]]]
 Value = Union[float, str, Vector, RangeVector]  # noqa: UP007 (runtime alias)
 
 
-def _drop_name(labels: Mapping[str, str]) -> dict[str, str]:
+def _drop_name(labels: dict[str, str]) -> dict[str, str]:
+    """The labels without ``__name__`` (the same dict when it has none; samples never
+    change their labels in place)."""
+    if "__name__" not in labels:
+        return labels
     return {k: v for k, v in labels.items() if k != "__name__"}
 
 
@@ -654,6 +658,9 @@ class Engine:
         self._cache: dict[str, Node] = {}
         self._selected: dict[tuple[str | None, tuple[Matcher, ...]], tuple[int, list[Series]]] = {}
         self._subqueries: dict[tuple[Subquery, float], RangeVector] = {}  # within one query
+        # A stored series' labels without __name__ and their match key, by id of its labels
+        # dict (kept alive by the entry, so an id is never reused while cached).
+        self._unnamed: dict[int, tuple[dict[str, str], dict[str, str], Labels]] = {}
 
     def query(self, text: str, time_s: float) -> list[tuple[dict[str, str], float]]:
         """An instant query, answered as ``(labels, value)`` pairs like the HTTP API's."""
@@ -768,6 +775,17 @@ class Engine:
             end = t - sub.offset_s
             return self.subquery(sub, t), end - sub.range_s, end
         raise PromQLError(f"PromQL: {f}() takes one range vector (selector or subquery)")
+
+    def _match_key(self, labels: dict[str, str]) -> tuple[dict[str, str], Labels]:
+        """Labels without ``__name__`` and their sorted key, cached for stored series."""
+        entry = self._unnamed.get(id(labels))
+        if entry is not None and entry[0] is labels:
+            return entry[1], entry[2]
+        unnamed = _drop_name(labels)
+        key = labels_key(unnamed)
+        if "__name__" in labels and labels_key(labels) in self.store.series:
+            self._unnamed[id(labels)] = (labels, unnamed, key)
+        return unnamed, key
 
     # -- evaluation
     def eval(self, node: Node, t: float) -> Value:
@@ -942,7 +960,7 @@ class Engine:
             for s in right:
                 if not isinstance(s, Sample):
                     raise PromQLError(f"PromQL: operator {node.op!r} on a range vector")
-                key = labels_key(_drop_name(s.labels))
+                _, key = self._match_key(s.labels)
                 if key in index:
                     raise PromQLError(f"PromQL: many-to-many matching for {dict(key)} on the "
                                       f"right of {node.op!r}")
@@ -952,8 +970,7 @@ class Engine:
             for s in left:
                 if not isinstance(s, Sample):
                     raise PromQLError(f"PromQL: operator {node.op!r} on a range vector")
-                labels = _drop_name(s.labels)
-                key = labels_key(labels)
+                labels, key = self._match_key(s.labels)
                 other = index.get(key)
                 if other is not None:
                     if key in matched:
