@@ -747,10 +747,8 @@ class Engine:
         rows: dict[Labels, tuple[dict[str, str], list[float], list[float]]] = {}
         for t_k in self.subquery_times(node, t):
             value = self.eval(node.expr, t_k)
-            if isinstance(value, float):
-                value = [Sample({}, value, t_k)]
-            elif not isinstance(value, list) or (value and not isinstance(value[0], Sample)):
-                raise PromQLError(f"PromQL: a subquery needs an instant vector or scalar, got "
+            if not isinstance(value, list) or (value and not isinstance(value[0], Sample)):
+                raise PromQLError(f"PromQL: a subquery needs an instant vector, got "
                                   f"{node.expr}")
             for s in value:
                 assert isinstance(s, Sample)
@@ -999,9 +997,14 @@ __all__ = [
     "PromQLError",
     "SampleStore",
     "Semantics",
+    "Subquery",
     "as_query_fn",
+    "avg_over_time",
     "bucket_quantile",
     "extrapolated_rate",
     "linear_slope",
+    "max_over_time",
+    "min_over_time",
     "parse",
+    "stdvar_over_time",
 ]
