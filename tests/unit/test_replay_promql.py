@@ -151,6 +151,11 @@ def _store() -> SampleStore:
     return store
 
 
+def _one_of(result: list[tuple[dict[str, str], float]]) -> float:
+    assert len(result) == 1
+    return result[0][1]
+
+
 def _one(result: list[tuple[dict[str, str], float]]) -> float:
     assert len(result) == 1 and result[0][0] == {}
     return result[0][1]
@@ -284,6 +289,14 @@ def test_offset_moves_the_selection_back_and_vectors_match_one_to_one() -> None:
     assert diff == [("a", 15.0, False), ("b", 30.0, False)]
     rates = sorted(v for _, v in engine.query("rate(c_total[30s] offset 15s)", 60.0))
     assert rates == pytest.approx([1.0, 2.0])
+    # [30s] offset 25s at 60 s selects (2.42) [5, 35]: pod a's samples 15, 30 at 15, 30 s.
+    assert _one_of(engine.query('max_over_time(c_total{pod="a"}[30s] offset 25s)', 60.0)) == 30
+    assert _one_of(engine.query('count_over_time(c_total{pod="a"}[30s] offset 25s)', 60.0)) == 2
+    # The extrapolation uses the shifted range [-5, 40]: pod a's 0, 15, 30 at 0, 15, 30 s,
+    # Δ 30 over 30 s, start gap 5 capped to 0 by the zero point, end gap 10 < 16.5 kept:
+    # 30 · (30 + 0 + 10)/30 = 40.
+    assert _one_of(engine.query('increase(c_total{pod="a"}[45s] offset 20s)', 60.0)) == (
+        pytest.approx(40.0))
     # One-to-one matching refuses several series with the same labels but the name.
     with pytest.raises(PromQLError, match="many-to-many"):
         engine.query("g - {job=\"j\", pod=\"a\", le=\"\"}", 60.0)
@@ -348,6 +361,10 @@ def test_subquery_steps_are_aligned_to_absolute_multiples() -> None:
         ({}, 4.0)]
     assert engine.query("max_over_time(vector(time())[30s:10s] offset 20s)", 50.0) == [
         ({}, 30.0)]
+    # rate() over it: 0, 10, 20, 30 at 0..30 s fill the range [0, 30]: increase 30, no
+    # extrapolation.
+    assert engine.query("increase(vector(time())[30s:10s] offset 20s)", 50.0) == [
+        ({}, pytest.approx(30.0))]
 
 
 def _arrivals_store() -> SampleStore:

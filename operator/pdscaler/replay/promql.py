@@ -604,8 +604,6 @@ def stdvar_over_time(values: Sequence[float]) -> float:
     4.0
     """
     mean = avg_over_time(values)
-    if not math.isfinite(mean):
-        return math.nan
     return _sum([(v - mean) ** 2 for v in values]) / len(values)
 
 
