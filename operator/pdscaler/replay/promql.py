@@ -27,12 +27,29 @@ those queries use, with Prometheus's own rules:
   first bucket with cumulative count :math:`\ge` rank is :math:`(l_{b-1}, l_b]` and the result
   is :math:`l_{b-1} + (l_b - l_{b-1})(\mathrm{rank} - c_{b-1})/(c_b - c_{b-1})` (lower bound
   0 for the first bucket; the ``+Inf`` bucket returns the largest finite bound).
+* ``offset d`` on a selector or subquery: evaluated at :math:`t - d` (an instant selector's
+  lookback and a range's ends move back by :math:`d`).
+* **Subquery** ``(expr)[r:step]`` (``evalSubquery`` in ``promql/engine.go``): ``expr`` is
+  evaluated at the times :math:`t' = k \cdot \mathrm{step}` (absolute multiples of the step,
+  in integer milliseconds, not offsets from :math:`t`) in :math:`[t-r, t]` (2.42) or
+  :math:`(t-r, t]` (3.x); each output series is a range vector of those points (an
+  evaluation without the series gives no point). An omitted step is the default evaluation
+  interval, 1 min. Prometheus aligns to its own clock: the replay's clock must start at a
+  multiple of the step for the same points.
+* ``<f>_over_time`` of a range vector or subquery, per series with at least one point
+  (``functions.go``): ``avg`` :math:`\bar v = \frac1n\sum v_i`, ``stdvar`` the population
+  variance :math:`\frac1n\sum (v_i - \bar v)^2`, ``count`` :math:`n`, ``min``/``max``
+  (NaN only when every value is NaN).
 * Aggregations ``sum``, ``count``, ``avg``, ``min``, ``max``, ``group`` with ``by``/``without``;
-  ``time()``, ``timestamp()`` (a selector's sample time), ``label_replace``; binary ``+ - * /``
-  (one-to-one matching on all labels but ``__name__``) and ``or``.
+  ``time()``, ``timestamp()`` (a selector's sample time), ``label_replace``, ``abs``,
+  ``clamp_min(v, s)`` = :math:`\max(v, s)` and ``clamp_max`` (NaN when either is NaN, Go's
+  ``math.Max``), ``scalar``, ``vector``; binary ``+ - * /`` between scalars, scalar and vector
+  (element-wise) and vectors (one-to-one matching on all labels but ``__name__``; several
+  series with one match key on either side are an error, as in ``VectorBinop``) and ``or``.
 
-References: Prometheus documentation, "Querying: functions" and "Querying basics" (staleness);
-the source files ``promql/functions.go`` and ``promql/quantile.go``.
+References: Prometheus documentation, "Querying: functions", "Querying basics" (staleness,
+offset, subqueries); the source files ``promql/engine.go``, ``promql/functions.go`` and
+``promql/quantile.go``.
 """
 
 from __future__ import annotations
@@ -765,7 +782,7 @@ class Engine:
         if len(args) == 1 and isinstance(args[0], Selector) and args[0].range_s is not None:
             sel = args[0]
             end = t - sel.offset_s
-            return self.range(sel, t), end - sel.range_s, end
+            return self.range(sel, t), end - args[0].range_s, end
         if len(args) == 1 and isinstance(args[0], Subquery):
             sub = args[0]
             end = t - sub.offset_s
