@@ -25,6 +25,7 @@ pytestmark = pytest.mark.integration
 
 T0 = 1_700_000_000.0  # sim time 0, a fixed instant in the past
 WINDOW_S = 60.0
+SUB_WINDOW_S = 10.0  # T0 is a multiple of it: both align the subquery steps alike
 
 
 def _replay() -> ReplayPrometheus:
@@ -83,14 +84,17 @@ def test_stand_in_answers_the_operators_queries_as_prometheus_does(
                    "kv_cache": "vllm:kv_cache_usage_perc"},
     }
     queries = [RoleQuery(role=role, selector=selectors[role], names=names[role],
-                         window_s=WINDOW_S, ttft_percentile=0.9, tpot_percentile=0.5)
+                         window_s=WINDOW_S, ttft_percentile=0.9, tpot_percentile=0.5,
+                         dispersion_sub_window_s=SUB_WINDOW_S if role == "prefill" else None)
                for role in ("prefill", "decode")]
     text = combined_query(queries)
     compared = 0
+    dispersion_tags = {"p.disp_mean", "p.disp_var", "p.disp_n", "p.scrape_interval_s"}
     for t in (60.0, 97.5, 120.0, 135.0, 180.0, 247.0, 300.0):
         ours = _by_tag(replay.engine.query(text, t))
         theirs = _by_tag([(r["metric"], float(r["value"][1])) for r in real.query(text, T0 + t)])
         assert sorted(ours) == sorted(theirs), t
+        assert dispersion_tags <= set(ours), t
         for tag, values in ours.items():
             other = theirs[tag]
             assert [le for le, _ in values] == [le for le, _ in other], (t, tag)

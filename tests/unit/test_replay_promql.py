@@ -4,21 +4,35 @@ selectors, staleness, aggregations; the operator's reader on scraped simulator s
 from __future__ import annotations
 
 import math
+import random
+from bisect import bisect_right
 
 import pytest
 from pdscaler.replay.observe import ReplayPrometheus, ScrapeConfig, engine_series, vllm_bounds
 from pdscaler.replay.promql import (
     PROMETHEUS_2_42,
     PROMETHEUS_3,
+    Call,
     Engine,
     PromQLError,
     SampleStore,
+    Selector,
+    Subquery,
+    avg_over_time,
     bucket_quantile,
     extrapolated_rate,
     linear_slope,
+    max_over_time,
+    min_over_time,
     parse,
+    stdvar_over_time,
 )
-from pdscaler.vllm_metrics import RoleQuery, combined_query, role_expressions
+from pdscaler.vllm_metrics import (
+    RoleQuery,
+    combined_query,
+    dispersion_expressions,
+    role_expressions,
+)
 
 from planner import Workload
 from planner.elastic import ElasticConfig, ElasticSim
@@ -137,6 +151,11 @@ def _store() -> SampleStore:
     return store
 
 
+def _one_of(result: list[tuple[dict[str, str], float]]) -> float:
+    assert len(result) == 1
+    return result[0][1]
+
+
 def _one(result: list[tuple[dict[str, str], float]]) -> float:
     assert len(result) == 1 and result[0][0] == {}
     return result[0][1]
@@ -252,3 +271,195 @@ def test_operator_reader_on_scraped_simulator_series() -> None:
 
 def _names(metric_names: dict[str, str], role: str) -> dict[str, str]:
     return {k.split(".", 1)[1]: v for k, v in metric_names.items() if k.startswith(role + ".")}
+
+
+# ---------------------------------------------------------------------------- offset, subqueries
+
+
+def test_offset_moves_the_selection_back_and_vectors_match_one_to_one() -> None:
+    """At 60 s, ``c_total offset 15s`` reads the samples at 45 s: pod a 45, pod b 90. The
+    difference with the samples at 60 s matches pods on all labels but the name:
+    a 60 - 45 = 15, b 120 - 90 = 30. ``rate(c_total[30s] offset 15s)`` over [15, 45]:
+    samples at both ends, a 30/30 = 1, b 60/30 = 2."""
+    engine = Engine(_store(), PROMETHEUS_2_42)
+    shifted = engine.query("c_total offset 15s", 60.0)
+    assert sorted(v for _, v in shifted) == [45.0, 90.0]
+    diff = sorted((lbl["pod"], v, "__name__" in lbl)
+                  for lbl, v in engine.query("c_total - c_total offset 15s", 60.0))
+    assert diff == [("a", 15.0, False), ("b", 30.0, False)]
+    rates = sorted(v for _, v in engine.query("rate(c_total[30s] offset 15s)", 60.0))
+    assert rates == pytest.approx([1.0, 2.0])
+    # [30s] offset 25s at 60 s selects (2.42) [5, 35]: pod a's samples 15, 30 at 15, 30 s.
+    assert _one_of(engine.query('max_over_time(c_total{pod="a"}[30s] offset 25s)', 60.0)) == 30
+    assert _one_of(engine.query('count_over_time(c_total{pod="a"}[30s] offset 25s)', 60.0)) == 2
+    # The extrapolation uses the shifted range [-5, 40]: pod a's 0, 15, 30 at 0, 15, 30 s,
+    # Δ 30 over 30 s, start gap 5 capped to 0 by the zero point, end gap 10 < 16.5 kept:
+    # 30 · (30 + 0 + 10)/30 = 40.
+    assert _one_of(engine.query('increase(c_total{pod="a"}[45s] offset 20s)', 60.0)) == (
+        pytest.approx(40.0))
+    # One-to-one matching refuses several series with the same labels but the name.
+    with pytest.raises(PromQLError, match="many-to-many"):
+        engine.query("g - {job=\"j\", pod=\"a\", le=\"\"}", 60.0)
+    with pytest.raises(PromQLError, match="several series"):
+        engine.query("{job=\"j\", pod=\"a\", le=\"\"} - g", 60.0)
+
+
+def test_clamp_min_and_scalar_vector_arithmetic() -> None:
+    """Gauge g at 60 s: a 5, b 50. clamp_min(g - 10, 0): a max(-5, 0) = 0, b 40.
+    300 / min(g) = 300 / 5 = 60. A NaN bound gives NaN (Go's math.Max)."""
+    engine = Engine(_store())
+    clamped = sorted((lbl["pod"], v) for lbl, v in engine.query("clamp_min(g - 10, 0)", 60.0))
+    assert clamped == [("a", 0.0), ("b", 40.0)]
+    assert engine.query("300 / min(g)", 60.0) == [({}, 60.0)]
+    assert all(math.isnan(v) for _, v in engine.query("clamp_min(g, NaN)", 60.0))
+
+
+@pytest.mark.parametrize(
+    ("semantics", "expected"),
+    [  # pod a's gauge 1, 2, 3, 4, 5 at 0, 15, 30, 45, 60 s; [60s] at 60 s
+        # 2.42 keeps the sample at 0 s: mean 3, Σ(v-3)² = 4+1+0+1+4 = 10, variance 10/5 = 2.
+        (PROMETHEUS_2_42, {"avg": 3.0, "stdvar": 2.0, "count": 5.0, "min": 1.0, "max": 5.0}),
+        # 3.x drops it: 2..5, mean 3.5, Σ = 2.25+0.25+0.25+2.25 = 5, variance 5/4 = 1.25.
+        (PROMETHEUS_3, {"avg": 3.5, "stdvar": 1.25, "count": 4.0, "min": 2.0, "max": 5.0}),
+    ],
+)
+def test_over_time_functions_on_a_range_vector(semantics: object, expected: dict[str, float]
+                                               ) -> None:
+    assert isinstance(semantics, type(PROMETHEUS_3))
+    engine = Engine(_store(), semantics)
+    for f, value in expected.items():
+        result = engine.query(f'{f}_over_time(g{{pod="a"}}[60s])', 60.0)
+        assert [lbl for lbl, _ in result] == [{"job": "j", "pod": "a"}], f
+        assert _one_of(result) == pytest.approx(value), f
+
+
+def test_over_time_reducers_follow_prometheus_on_nan_and_inf() -> None:
+    """max/min skip NaN unless every value is NaN (functions.go keeps the first value only
+    while it is NaN); a mean with +Inf is +Inf, with +Inf and -Inf NaN; a variance with an
+    infinite value is NaN."""
+    assert max_over_time([math.nan, 1.0, 2.0]) == 2.0
+    assert max_over_time([1.0, math.nan]) == 1.0
+    assert min_over_time([math.nan, 3.0, 2.0]) == 2.0
+    assert math.isnan(min_over_time([math.nan, math.nan]))
+    assert avg_over_time([1.0, 2.0, math.inf]) == math.inf
+    assert math.isnan(avg_over_time([math.inf, -math.inf]))
+    assert math.isnan(stdvar_over_time([1.0, math.inf]))
+
+
+def test_subquery_steps_are_aligned_to_absolute_multiples() -> None:
+    """``vector(time())[30s:20s]`` at 65 s spans [35, 65]: the multiples of 20 s in it are
+    40 and 60 (not 45 and 65): min 40, max 60, count 2. At 60 s over [60s:20s] the range
+    [0, 60] holds 0, 20, 40, 60 in 2.42 (closed) and 20, 40, 60 in 3.x (open on the left)."""
+    engine = Engine(_store(), PROMETHEUS_2_42)
+    assert engine.query("min_over_time(vector(time())[30s:20s])", 65.0) == [({}, 40.0)]
+    assert engine.query("max_over_time(vector(time())[30s:20s])", 65.0) == [({}, 60.0)]
+    assert engine.query("count_over_time(vector(time())[30s:20s])", 65.0) == [({}, 2.0)]
+    assert engine.query("count_over_time(vector(time())[60s:20s])", 60.0) == [({}, 4.0)]
+    assert Engine(_store()).query("count_over_time(vector(time())[60s:20s])", 60.0) == [
+        ({}, 3.0)]
+    # A subquery offset moves the range back: [0, 30] at 50 s minus 20 s → 0, 10, 20, 30.
+    assert engine.query("count_over_time(vector(time())[30s:10s] offset 20s)", 50.0) == [
+        ({}, 4.0)]
+    assert engine.query("max_over_time(vector(time())[30s:10s] offset 20s)", 50.0) == [
+        ({}, 30.0)]
+    # rate() over it: 0, 10, 20, 30 at 0..30 s fill the range [0, 30]: increase 30, no
+    # extrapolation.
+    assert _one(engine.query("increase(vector(time())[30s:10s] offset 20s)", 50.0)) == (
+        pytest.approx(30.0))
+
+
+def _arrivals_store() -> SampleStore:
+    """Two pods scraped every 10 s from 0 to 120 s. Pod a's counter rises by k in the k-th
+    interval (value k(k+1)/2 at 10k s); pod b's by 3 each interval, reset at 100 s to 2."""
+    store = SampleStore()
+    b = 0.0
+    for k in range(13):
+        t = 10.0 * k
+        b = 2.0 if k == 10 else (b + 3.0 if k else 0.0)
+        for pod, value in (("a", k * (k + 1) / 2), ("b", b)):
+            store.append_scrape(pod, t, [({"__name__": "c_total", "job": "j", "pod": pod},
+                                          value)])
+    return store
+
+
+@pytest.mark.parametrize(
+    ("semantics", "mean", "var", "n", "scrape_s"),
+    [
+        # 2.42, t' = 60..120: a counts 6..12; b 3 each but 0 at 100 s (the reset:
+        # 2 - 27 < 0, clamped); sums 9, 10, 11, 12, 10, 14, 15: mean 81/7; Σx² = 967,
+        # variance 967/7 - (81/7)² = 208/49; scrape interval 60 / 7 samples.
+        (PROMETHEUS_2_42, 81 / 7, 208 / 49, 7.0, 60 / 7),
+        # 3.x, t' = 70..120: sums 10, 11, 12, 10, 14, 15: mean 12, Σx² = 886,
+        # variance 886/6 - 144 = 11/3; 60 / 6 samples.
+        (PROMETHEUS_3, 12.0, 11 / 3, 6.0, 10.0),
+    ],
+)
+def test_dispersion_expressions_by_hand(semantics: object, mean: float, var: float, n: float,
+                                        scrape_s: float) -> None:
+    assert isinstance(semantics, type(PROMETHEUS_3))
+    engine = Engine(_arrivals_store(), semantics)
+    got = {tag: _one(engine.query(expr, 120.0))
+           for tag, expr in dispersion_expressions("c_total", 'job="j"', 60.0, 10.0)}
+    assert got["disp_mean"] == pytest.approx(mean, rel=1e-12)
+    assert got["disp_var"] == pytest.approx(var, rel=1e-12)
+    assert got["disp_n"] == n
+    assert got["scrape_interval_s"] == pytest.approx(scrape_s, rel=1e-12)
+
+
+def test_subquery_parsing_and_errors() -> None:
+    node = parse("max_over_time(rate(c[1m])[5m:30s] offset 1m)")
+    assert isinstance(node, Call) and isinstance(node.args[0], Subquery)
+    assert (node.args[0].range_s, node.args[0].step_s, node.args[0].offset_s) == (300, 30, 60)
+    assert parse("c[5m:]") == Subquery(Selector("c", ()), 300.0, 60.0)  # default step 1m
+    engine = Engine(_store())
+    for bad in ("sum(c_total)[5m]", "avg_over_time(c_total)", "sum(c_total) offset 1m",
+                "c_total[1m:0s]", "count_over_time(time()[1m:10s])"):
+        with pytest.raises(PromQLError):
+            engine.query(bad, 60.0)
+
+
+def test_dispersion_of_a_poisson_counter_is_one() -> None:
+    """Poisson arrivals at 12.5/s split at random over two pods, counters scraped every 5 s;
+    counts in 10 s sub-windows over 600 s (3.x: 60 sub-windows). A Poisson process has index
+    of dispersion var/mean = 1; the estimate's standard deviation is about √(2/(n-1)) = 0.18,
+    so it lies within 3 of them of 1."""
+    rng = random.Random(7)
+    arrivals_s: list[float] = []
+    t = 0.0
+    while (t := t + rng.expovariate(12.5)) < 700.0:
+        arrivals_s.append(t)
+    by_pod: dict[str, list[float]] = {"a": [], "b": []}
+    for a in arrivals_s:
+        by_pod[rng.choice("ab")].append(a)
+    store = SampleStore()
+    for k in range(141):
+        now = 5.0 * k
+        for pod, times in by_pod.items():
+            store.append_scrape(pod, now, [({"__name__": "req_total", "pod": pod},
+                                            bisect_right(times, now))])
+    engine = Engine(store)
+    got = {tag: _one(engine.query(expr, 700.0))
+           for tag, expr in dispersion_expressions("req_total", 'pod=~"a|b"', 600.0, 10.0)}
+    assert got["disp_n"] == 60.0
+    assert got["scrape_interval_s"] == pytest.approx(600 / 120)
+    assert got["disp_mean"] == pytest.approx(125.0, rel=0.05)  # 12.5/s × 10 s
+    sample_var = got["disp_var"] * 60 / 59
+    assert sample_var / got["disp_mean"] == pytest.approx(1.0, abs=0.55)
+
+
+def test_observe_passes_the_dispersion_sub_window_to_the_reader() -> None:
+    """On scraped simulator series (every 5 s, 600 s window, 3.x): 60 sub-windows of 10 s in
+    (60, 660], about 12.52 × 10 completions each, and an index of dispersion is reported."""
+    p = paper_profiles()
+    w = Workload.from_tokens_per_min(5e6, 6144, 512)
+    sim = ElasticSim.from_workload(
+        ElasticConfig(prefill=p.instances[0], decode=p.instances[1], initial_prefill=4,
+                      initial_decode=4), w, 9000, seed=5, metric_bounds=vllm_bounds())
+    prom = ReplayPrometheus(ScrapeConfig(window_s=600.0, scrape_interval_s=5.0))
+    prom.advance(sim, 660.0)
+    obs = prom.observe(660.0, dispersion_sub_window_s=10.0)
+    assert obs.prefill.disp_n == 60.0
+    assert obs.prefill.disp_mean == pytest.approx(125.2, rel=0.1)
+    assert obs.prefill.scrape_interval_s == pytest.approx(5.0, rel=0.02)
+    assert obs.dispersion is not None and obs.dispersion.value is not None
+    assert prom.observe(660.0).dispersion is None  # not asked for

@@ -187,8 +187,10 @@ class ReplayPrometheus:
         now_s: float,
         ttft_percentile: float | None = None,
         tpot_percentile: float | None = None,
+        dispersion_sub_window_s: float | None = None,
     ) -> Observation:
-        """What the operator reads at ``now_s``: the same discovery, query and builder."""
+        """What the operator reads at ``now_s``: the same discovery, query and builder
+        (``dispersion_sub_window_s``: also the measured index of dispersion of arrivals)."""
         cfg = self.config
         return read_observation(
             as_query_fn(self.engine, now_s),
@@ -200,6 +202,7 @@ class ReplayPrometheus:
             now_s,
             ttft_percentile=ttft_percentile,
             tpot_percentile=tpot_percentile,
+            dispersion_sub_window_s=dispersion_sub_window_s,
         )
 
 

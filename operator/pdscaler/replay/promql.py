@@ -27,12 +27,29 @@ those queries use, with Prometheus's own rules:
   first bucket with cumulative count :math:`\ge` rank is :math:`(l_{b-1}, l_b]` and the result
   is :math:`l_{b-1} + (l_b - l_{b-1})(\mathrm{rank} - c_{b-1})/(c_b - c_{b-1})` (lower bound
   0 for the first bucket; the ``+Inf`` bucket returns the largest finite bound).
+* ``offset d`` on a selector or subquery: evaluated at :math:`t - d` (an instant selector's
+  lookback and a range's ends move back by :math:`d`).
+* **Subquery** ``(expr)[r:step]`` (``evalSubquery`` in ``promql/engine.go``): ``expr`` is
+  evaluated at the times :math:`t' = k \cdot \mathrm{step}` (absolute multiples of the step,
+  in integer milliseconds, not offsets from :math:`t`) in :math:`[t-r, t]` (2.42) or
+  :math:`(t-r, t]` (3.x); each output series is a range vector of those points (an
+  evaluation without the series gives no point). An omitted step is the default evaluation
+  interval, 1 min. Prometheus aligns to its own clock: the replay's clock must start at a
+  multiple of the step for the same points.
+* ``<f>_over_time`` of a range vector or subquery, per series with at least one point
+  (``functions.go``): ``avg`` :math:`\bar v = \frac1n\sum v_i`, ``stdvar`` the population
+  variance :math:`\frac1n\sum (v_i - \bar v)^2`, ``count`` :math:`n`, ``min``/``max``
+  (NaN only when every value is NaN).
 * Aggregations ``sum``, ``count``, ``avg``, ``min``, ``max``, ``group`` with ``by``/``without``;
-  ``time()``, ``timestamp()`` (a selector's sample time), ``label_replace``; binary ``+ - * /``
-  (one-to-one matching on all labels but ``__name__``) and ``or``.
+  ``time()``, ``timestamp()`` (a selector's sample time), ``label_replace``, ``abs``,
+  ``clamp_min(v, s)`` = :math:`\max(v, s)` and ``clamp_max`` (NaN when either is NaN, Go's
+  ``math.Max``), ``scalar``, ``vector``; binary ``+ - * /`` between scalars, scalar and vector
+  (element-wise) and vectors (one-to-one matching on all labels but ``__name__``; several
+  series with one match key on either side are an error, as in ``VectorBinop``) and ``or``.
 
-References: Prometheus documentation, "Querying: functions" and "Querying basics" (staleness);
-the source files ``promql/functions.go`` and ``promql/quantile.go``.
+References: Prometheus documentation, "Querying: functions", "Querying basics" (staleness,
+offset, subqueries); the source files ``promql/engine.go``, ``promql/functions.go`` and
+``promql/quantile.go``.
 """
 
 from __future__ import annotations
@@ -40,8 +57,8 @@ from __future__ import annotations
 import math
 import re
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Union
 
 LOOKBACK_DELTA_S = 300.0
@@ -156,11 +173,15 @@ _TOKEN = re.compile(
     r"|(?P<op>=~|!~|!=|==|[-+*/(){}\[\],=]))"
 )
 _DURATION = re.compile(r"\s*([0-9]+)(ms|s|m|h|d|w|y)")
+_COLON = re.compile(r"\s*:")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0,
           "y": 31536000.0}
 AGGREGATORS = ("sum", "count", "avg", "min", "max", "group")
+OVER_TIME = ("avg_over_time", "stdvar_over_time", "count_over_time", "min_over_time",
+             "max_over_time")
 FUNCTIONS = ("rate", "increase", "deriv", "histogram_quantile", "time", "timestamp",
-             "label_replace", "abs", "clamp_min", "clamp_max", "scalar", "vector")
+             "label_replace", "abs", "clamp_min", "clamp_max", "scalar", "vector", *OVER_TIME)
+DEFAULT_SUBQUERY_STEP_S = 60.0  # the global evaluation interval's default, for ``[r:]``
 
 
 class PromQLError(ValueError):
@@ -188,6 +209,17 @@ class Selector:
     name: str | None
     matchers: tuple[Matcher, ...]
     range_s: float | None = None
+    offset_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Subquery:
+    """``(expr)[range:step] offset o``: ``expr`` at the step-aligned times in the range."""
+
+    expr: Node
+    range_s: float
+    step_s: float
+    offset_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -216,7 +248,7 @@ class Literal:
     value: float | str
 
 
-Node = Union[Selector, Call, Aggregate, Binary, Literal]  # noqa: UP007 (runtime alias)
+Node = Union[Selector, Subquery, Call, Aggregate, Binary, Literal]  # noqa: UP007 (runtime alias)
 
 
 def _unquote(text: str) -> str:
@@ -325,20 +357,50 @@ class _Parser:
         if name is None:
             names = [m.value for m in matchers if m.name == "__name__" and m.op == "="]
             name = names[0] if names else None
-        range_s: float | None = None
-        if self.accept("["):
+        return Selector(name, tuple(matchers))
+
+    def duration(self) -> float:
+        m = _DURATION.match(self.text, self.pos)
+        if m is None:
+            raise self.error("duration expected")
+        seconds = 0.0
+        while m is not None:
+            seconds += float(m.group(1)) * _UNITS[m.group(2)]
+            self.pos = m.end()
             m = _DURATION.match(self.text, self.pos)
-            if m is None:
-                raise self.error("duration expected")
-            range_s = 0.0
-            while m is not None:
-                range_s += float(m.group(1)) * _UNITS[m.group(2)]
-                self.pos = m.end()
-                m = _DURATION.match(self.text, self.pos)
+        return seconds
+
+    def postfix(self, node: Node) -> Node:
+        """``[range]`` on a selector, ``[range:step]`` on any expression, then ``offset``."""
+        if self.accept("["):
+            range_s = self.duration()
+            colon = _COLON.match(self.text, self.pos)
+            if colon is not None:
+                self.pos = colon.end()
+                step_s = DEFAULT_SUBQUERY_STEP_S
+                tok = self.peek()
+                if tok is None or tok[1] != "]":
+                    step_s = self.duration()
+                if step_s <= 0:
+                    raise self.error("subquery step must be positive")
+                node = Subquery(node, range_s, step_s)
+            elif isinstance(node, Selector) and node.range_s is None:
+                node = replace(node, range_s=range_s)
+            else:
+                raise self.error("a range [r] needs a vector selector (use [r:step])")
             self.expect("]")
-        return Selector(name, tuple(matchers), range_s)
+        if self.accept("offset"):
+            offset_s = self.duration()
+            if isinstance(node, Selector | Subquery) and node.offset_s == 0.0:
+                node = replace(node, offset_s=offset_s)
+            else:
+                raise self.error("offset needs a selector or a subquery")
+        return node
 
     def primary(self) -> Node:
+        return self.postfix(self.atom())
+
+    def atom(self) -> Node:
         kind, value = self.take()
         if kind == "num":
             return Literal(float(value))
@@ -393,7 +455,11 @@ RangeVector = list[tuple[dict[str, str], list[float], list[float]]]
 Value = Union[float, str, Vector, RangeVector]  # noqa: UP007 (runtime alias)
 
 
-def _drop_name(labels: Mapping[str, str]) -> dict[str, str]:
+def _drop_name(labels: dict[str, str]) -> dict[str, str]:
+    """The labels without ``__name__`` (the same dict when it has none; samples never
+    change their labels in place)."""
+    if "__name__" not in labels:
+        return labels
     return {k: v for k, v in labels.items() if k != "__name__"}
 
 
@@ -531,6 +597,60 @@ def bucket_quantile(q: float, buckets: Sequence[tuple[float, float]]) -> float:
     return start + (end - start) * (rank / count)
 
 
+def _sum(values: Sequence[float]) -> float:
+    """Exactly rounded sum of finite values (IEEE rules with infinities or NaN)."""
+    if all(math.isfinite(v) for v in values):
+        return math.fsum(values)
+    return sum(values)
+
+
+def avg_over_time(values: Sequence[float]) -> float:
+    r"""Mean of a range's sample values, :math:`\frac1n\sum_i v_i` (``funcAvgOverTime``)."""
+    return _sum(values) / len(values)
+
+
+def stdvar_over_time(values: Sequence[float]) -> float:
+    r"""Population variance :math:`\frac1n\sum_i (v_i - \bar v)^2` (``funcStdvarOverTime``).
+
+    Prometheus accumulates it with Welford's update; this computes the same quantity in two
+    passes with exactly rounded sums.
+
+    Examples
+    --------
+    >>> stdvar_over_time([2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0])  # mean 5, Σ(v-5)² = 32
+    4.0
+    """
+    mean = avg_over_time(values)
+    return _sum([(v - mean) ** 2 for v in values]) / len(values)
+
+
+def max_over_time(values: Sequence[float]) -> float:
+    """Largest value; NaN only when every value is NaN (``funcMaxOverTime``)."""
+    best = values[0]
+    for v in values:
+        if v > best or math.isnan(best):
+            best = v
+    return best
+
+
+def min_over_time(values: Sequence[float]) -> float:
+    """Smallest value; NaN only when every value is NaN (``funcMinOverTime``)."""
+    best = values[0]
+    for v in values:
+        if v < best or math.isnan(best):
+            best = v
+    return best
+
+
+_OVER_TIME: dict[str, Callable[[Sequence[float]], float]] = {
+    "avg_over_time": avg_over_time,
+    "stdvar_over_time": stdvar_over_time,
+    "count_over_time": lambda values: float(len(values)),
+    "min_over_time": min_over_time,
+    "max_over_time": max_over_time,
+}
+
+
 @dataclass(frozen=True)
 class Semantics:
     """Release-dependent rules: range interval ends and the order of the zero-point cap."""
@@ -552,6 +672,10 @@ class Engine:
         self.semantics = semantics
         self._cache: dict[str, Node] = {}
         self._selected: dict[tuple[str | None, tuple[Matcher, ...]], tuple[int, list[Series]]] = {}
+        self._subqueries: dict[tuple[Subquery, float], RangeVector] = {}  # within one query
+        # A stored series' labels without __name__ and their match key, by id of its labels
+        # dict (kept alive by the entry, so an id is never reused while cached).
+        self._unnamed: dict[int, tuple[dict[str, str], dict[str, str], Labels]] = {}
 
     def query(self, text: str, time_s: float) -> list[tuple[dict[str, str], float]]:
         """An instant query, answered as ``(labels, value)`` pairs like the HTTP API's."""
@@ -559,7 +683,11 @@ class Engine:
         if node is None:
             node = parse(text)
             self._cache[text] = node
-        value = self.eval(node, time_s)
+        self._subqueries.clear()
+        try:
+            value = self.eval(node, time_s)
+        finally:
+            self._subqueries.clear()
         if isinstance(value, float):
             return [({}, value)]
         if isinstance(value, list) and all(isinstance(v, Sample) for v in value):
@@ -578,6 +706,7 @@ class Engine:
         return found
 
     def instant(self, sel: Selector, t: float) -> Vector:
+        t -= sel.offset_s
         out: Vector = []
         for s in self._select(sel):
             k = bisect_right(s.times_s, t) - 1
@@ -591,6 +720,7 @@ class Engine:
 
     def range(self, sel: Selector, t: float) -> RangeVector:
         assert sel.range_s is not None
+        t -= sel.offset_s
         start = t - sel.range_s
         out: RangeVector = []
         for s in self._select(sel):
@@ -609,12 +739,75 @@ class Engine:
                 out.append((s.labels, s.times_s[lo:hi], raw))  # type: ignore[arg-type]
         return out
 
+    def subquery_times(self, node: Subquery, t: float) -> list[float]:
+        r"""The step-aligned evaluation times :math:`k \cdot \mathrm{step}` in the range.
+
+        Computed in integer milliseconds as Prometheus does (``evalSubquery`` in
+        ``promql/engine.go``); the start is included in 2.42 and excluded in 3.x.
+        """
+        step_ms = round(node.step_s * 1000)
+        end_ms = round((t - node.offset_s) * 1000)
+        start_ms = end_ms - round(node.range_s * 1000)
+        k = -(-start_ms // step_ms)  # the first multiple of the step at or after the start
+        if self.semantics.left_open_ranges and k * step_ms == start_ms:
+            k += 1
+        return [j * step_ms / 1000 for j in range(k, end_ms // step_ms + 1)]
+
+    def subquery(self, node: Subquery, t: float) -> RangeVector:
+        """The inner expression's series at :meth:`subquery_times` (staleness: no point)."""
+        key = (node, t)
+        memo = self._subqueries.get(key)
+        if memo is not None:
+            return memo
+        rows: dict[Labels, tuple[dict[str, str], list[float], list[float]]] = {}
+        for t_k in self.subquery_times(node, t):
+            value = self.eval(node.expr, t_k)
+            if not isinstance(value, list) or (value and not isinstance(value[0], Sample)):
+                raise PromQLError(f"PromQL: a subquery needs an instant vector, got "
+                                  f"{node.expr}")
+            for s in value:
+                assert isinstance(s, Sample)
+                row = rows.get(labels_key(s.labels))
+                if row is None:
+                    row = rows[labels_key(s.labels)] = (s.labels, [], [])
+                row[1].append(t_k)
+                row[2].append(s.value)
+        out: RangeVector = list(rows.values())
+        self._subqueries[key] = out
+        return out
+
+    def _range_arg(self, f: str, args: tuple[Node, ...], t: float
+                   ) -> tuple[RangeVector, float, float]:
+        """A function's one range argument: its series and the range's start and end."""
+        if len(args) == 1 and isinstance(args[0], Selector) and args[0].range_s is not None:
+            sel = args[0]
+            end = t - sel.offset_s
+            return self.range(sel, t), end - args[0].range_s, end
+        if len(args) == 1 and isinstance(args[0], Subquery):
+            sub = args[0]
+            end = t - sub.offset_s
+            return self.subquery(sub, t), end - sub.range_s, end
+        raise PromQLError(f"PromQL: {f}() takes one range vector (selector or subquery)")
+
+    def _match_key(self, labels: dict[str, str]) -> tuple[dict[str, str], Labels]:
+        """Labels without ``__name__`` and their sorted key, cached for stored series."""
+        entry = self._unnamed.get(id(labels))
+        if entry is not None and entry[0] is labels:
+            return entry[1], entry[2]
+        unnamed = _drop_name(labels)
+        key = labels_key(unnamed)
+        if "__name__" in labels and labels_key(labels) in self.store.series:
+            self._unnamed[id(labels)] = (labels, unnamed, key)
+        return unnamed, key
+
     # -- evaluation
     def eval(self, node: Node, t: float) -> Value:
         if isinstance(node, Literal):
             return node.value
         if isinstance(node, Selector):
             return self.range(node, t) if node.range_s is not None else self.instant(node, t)
+        if isinstance(node, Subquery):
+            return self.subquery(node, t)
         if isinstance(node, Aggregate):
             return self._aggregate(node, t)
         if isinstance(node, Binary):
@@ -638,21 +831,22 @@ class Engine:
         if f == "time":
             return float(t)
         if f in ("rate", "increase", "deriv"):
-            if len(args) != 1 or not isinstance(args[0], Selector) or args[0].range_s is None:
-                raise PromQLError(f"PromQL: {f}() takes one range vector selector")
-            sel = args[0]
-            assert sel.range_s is not None
+            series, start, end = self._range_arg(f, args, t)
             out: Vector = []
-            for labels, ts, vs in self.range(sel, t):
+            for labels, ts, vs in series:
                 if f == "deriv":
                     value = linear_slope(ts, vs)
                 else:
                     value = extrapolated_rate(
-                        ts, vs, t - sel.range_s, t, is_rate=f == "rate",
+                        ts, vs, start, end, is_rate=f == "rate",
                         zero_cap_first=self.semantics.zero_cap_first)
                 if value is not None:
                     out.append(Sample(_drop_name(labels), value, t))
             return out
+        if f in OVER_TIME:
+            series, _, _ = self._range_arg(f, args, t)
+            reduce = _OVER_TIME[f]
+            return [Sample(_drop_name(labels), reduce(vs), t) for labels, _, vs in series if vs]
         if f == "timestamp":
             if len(args) != 1:
                 raise PromQLError("PromQL: timestamp() takes one argument")
@@ -696,9 +890,11 @@ class Engine:
             vec = self._vector(args[0], t)
             bound = self._scalar(args[1], t) if f != "abs" else 0.0
 
-            def apply(v: float) -> float:
+            def apply(v: float) -> float:  # Go's math.Max/Min: NaN if either is NaN
                 if f == "abs":
                     return abs(v)
+                if math.isnan(v) or math.isnan(bound):
+                    return math.nan
                 return max(v, bound) if f == "clamp_min" else min(v, bound)
 
             return [Sample(_drop_name(s.labels), apply(s.value), t) for s in vec]
@@ -773,14 +969,27 @@ class Engine:
             return [Sample(_drop_name(s.labels), arith(s.value, right), t)
                     for s in left if isinstance(s, Sample)]
         if isinstance(left, list) and isinstance(right, list):
-            index = {labels_key(_drop_name(s.labels)): s for s in right if isinstance(s, Sample)}
+            index: dict[Labels, Sample] = {}
+            for s in right:
+                if not isinstance(s, Sample):
+                    raise PromQLError(f"PromQL: operator {node.op!r} on a range vector")
+                _, key = self._match_key(s.labels)
+                if key in index:
+                    raise PromQLError(f"PromQL: many-to-many matching for {dict(key)} on the "
+                                      f"right of {node.op!r}")
+                index[key] = s
             out: Vector = []
+            matched: set[Labels] = set()
             for s in left:
                 if not isinstance(s, Sample):
-                    continue
-                labels = _drop_name(s.labels)
-                other = index.get(labels_key(labels))
+                    raise PromQLError(f"PromQL: operator {node.op!r} on a range vector")
+                labels, key = self._match_key(s.labels)
+                other = index.get(key)
                 if other is not None:
+                    if key in matched:
+                        raise PromQLError(f"PromQL: several series match {labels} on the left "
+                                          f"of {node.op!r}")
+                    matched.add(key)
                     out.append(Sample(labels, arith(s.value, other.value), t))
             return out
         raise PromQLError(f"PromQL: operator {node.op!r} on unsupported operands")
@@ -803,9 +1012,14 @@ __all__ = [
     "PromQLError",
     "SampleStore",
     "Semantics",
+    "Subquery",
     "as_query_fn",
+    "avg_over_time",
     "bucket_quantile",
     "extrapolated_rate",
     "linear_slope",
+    "max_over_time",
+    "min_over_time",
     "parse",
+    "stdvar_over_time",
 ]
