@@ -235,7 +235,8 @@ def replay(
     step = 0
     while t <= horizon:
         prom.advance(sim, t)
-        observation = prom.observe(t, slo.ttft_percentile, slo.tpot_percentile)
+        observation = prom.observe(t, slo.ttft_percentile, slo.tpot_percentile,
+                                   getattr(policy, "dispersion_sub_window_s", None))
         if t >= cfg.first_decision_s or policy.instant:
             desired = policy.decide(t, observation, pools_of(sim))
             for role in ROLES:
