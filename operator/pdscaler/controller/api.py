@@ -327,12 +327,13 @@ class PrometheusSource(CrdModel):
         "seconds.",
     )
     dispersion_sub_window_s: float = Field(
-        default=10.0,
+        default=30.0,
         ge=1,
         le=600,
         description="Sub-window of the arrival counts whose variance over mean is the measured "
-        "arrival dispersion, seconds (at least the scrape interval; the planner's ggc model is "
-        "validated with 10 s).",
+        "arrival dispersion, seconds. It must be at least the scrape interval (the estimate is "
+        "refused otherwise): 30 s works with the common 15 s and 30 s scrapes. Longer "
+        "sub-windows also see slower swings and give a larger, more cautious index.",
     )
 
 
