@@ -5,9 +5,13 @@ The planner takes file *contents*; this module does the file I/O and picks the i
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from planner import (
     InstanceProfile,
@@ -103,9 +107,82 @@ def load_profiles(specs: list[str], gpu_type: str | None = None) -> ProfileSet:
     return complete_profile_set(loaded[0].metadata, instances, where)
 
 
-def load_trace(path: str) -> Trace:
-    """Read a trace CSV (Azure LLM inference format)."""
+def parse_trace_jsonl(text: str, source: str = "trace") -> Trace:
+    """Parse a Mooncake-style JSON-lines trace: one object per line with ``timestamp``
+    (milliseconds from the trace's start), ``input_length`` and ``output_length`` (tokens).
+
+    Other keys (``hash_ids``, ...) are ignored; blank lines are skipped. Errors name the line
+    and the field.
+
+    Examples
+    --------
+    >>> t = parse_trace_jsonl('{"timestamp": 0, "input_length": 100, "output_length": 10}\\n'
+    ...                       '{"timestamp": 2000, "input_length": 300, "output_length": 30}\\n')
+    >>> t.duration_s, t.rate_per_s, float(t.input_tokens.mean())
+    (2.0, 0.5, 200.0)
+    """
+    stamps: list[float] = []
+    inputs: list[float] = []
+    outputs: list[float] = []
+    for line, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw)
+        except ValueError as exc:
+            raise ValueError(f"{source} line {line}: not a JSON object ({exc})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{source} line {line}: not a JSON object")
+        for key, bucket, minimum in (
+            ("timestamp", stamps, 0.0),
+            ("input_length", inputs, 1.0),
+            ("output_length", outputs, 1.0),
+        ):
+            value = row.get(key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{source} line {line}: {key}={value!r} is not a number")
+            if not math.isfinite(value) or value < minimum:
+                raise ValueError(f"{source} line {line}: {key}={value!r} must be >= {minimum:g}")
+            bucket.append(float(value))
+    if not stamps:
+        raise ValueError(f"{source}: no rows")
+    arrival = np.asarray(stamps) / 1000.0
+    order = np.argsort(arrival, kind="stable")
+    arrival = arrival[order]
+    return Trace(
+        arrival_s=arrival - arrival[0],
+        input_tokens=np.asarray(inputs)[order],
+        output_tokens=np.asarray(outputs)[order],
+    )
+
+
+def load_trace(path: str, flag: str = "--trace") -> Trace:
+    """Read a trace: Azure LLM inference CSV (``TIMESTAMP,ContextTokens,GeneratedTokens``) or
+    Mooncake-style JSON lines (``timestamp`` ms, ``input_length``, ``output_length``), told
+    apart by the first non-blank character (``{``: JSON lines). Errors name ``flag``."""
     file = Path(path)
     if not file.is_file():
-        raise ValueError(f"trace {path!r}: no such file")
-    return parse_trace_csv(file.read_text(), source=str(file.name))
+        raise ValueError(f"{flag} {path!r}: no such file")
+    text = file.read_text()
+    try:
+        if text.lstrip().startswith("{"):
+            return parse_trace_jsonl(text, source=f"{flag} {file.name}")
+        return parse_trace_csv(text, source=f"{flag} {file.name}")
+    except ValueError as exc:
+        message = str(exc)
+        if not message.startswith(flag):
+            message = f"{flag} {file.name}: {message}"
+        raise ValueError(message) from None
+
+
+def trace_rate_per_s(trace: Trace, flag: str = "--trace") -> float:
+    """The trace's mean arrival rate; a clear error naming ``flag`` when it has none (one
+    request, or every request at the same instant)."""
+    rate = trace.rate_per_s
+    if not math.isfinite(rate) or rate <= 0:
+        raise ValueError(
+            f"{flag}: {trace.arrival_s.size} request(s) spanning {trace.duration_s:g} s give no "
+            "arrival rate; give --rate-per-s (the trace's lengths are still used) or a trace "
+            "of at least two requests at different times"
+        )
+    return rate

@@ -99,7 +99,8 @@ def add_profile_parser(subparsers: Any) -> None:
     where.add_argument("--decode-endpoint", help="base URL of the decode instance")
     where.add_argument("--model", help="served model name (default: the only one listed)")
     out = parser.add_argument_group("output")
-    out.add_argument("--output-dir", required=True, type=Path, help="folder for all outputs")
+    out.add_argument("--output-dir", type=Path,
+                     help="folder for all outputs (required to measure)")
     out.add_argument("--fresh", action="store_true", help="ignore points of an earlier run")
     out.add_argument("--no-plots", action="store_true", help="do not draw the PNG plots")
     out.add_argument("--quiet", action="store_true", help="no progress output")
@@ -168,6 +169,10 @@ def add_profile_parser(subparsers: Any) -> None:
                      help="default tensor x pipeline x data")
     lab.add_argument("--notes", default="", help="free text for the profile's notes")
     parser.set_defaults(handler=run_profile_command)
+    from pdscaler.cli.profile_import import add_import_parser
+
+    commands = parser.add_subparsers(dest="profile_command", metavar="SUBCOMMAND")
+    add_import_parser(commands)
 
 
 def settings_from_args(args: argparse.Namespace) -> tuple[SweepSettings, ProfileLabels]:
@@ -228,6 +233,9 @@ def settings_from_args(args: argparse.Namespace) -> tuple[SweepSettings, Profile
 def run_profile_command(args: argparse.Namespace) -> int:
     from pdscaler.profiler.fit import report_markdown
     from pdscaler.profiler.run import run_profile
+
+    if args.output_dir is None:
+        raise ValueError("--output-dir is required to measure an endpoint")
 
     settings, labels = settings_from_args(args)
     try:
