@@ -38,6 +38,11 @@ def number(kind: type[float] | type[int], minimum: float, inclusive: bool) -> Ca
     return convert
 
 
+#: The default fixed TTFT overhead, seconds, of every command (plan, capacity, simulate,
+#: calibrate) and of a PDDeployment (``planner.ttftOverheadS``): none. Only the embedded paper
+#: example (``pdscaler plan`` with no workload) uses the paper's 0.1 s.
+DEFAULT_TTFT_OVERHEAD_S = 0.0
+
 POSITIVE_FLOAT = number(float, 0.0, inclusive=False)
 POSITIVE_INT = number(int, 0, inclusive=False)
 NON_NEGATIVE_FLOAT = number(float, 0.0, inclusive=True)
@@ -158,3 +163,17 @@ def matplotlib_available(flag: str = "--plot") -> None:
 
 class MissingPlotLibraryError(ValueError):
     """``--plot`` was asked for without matplotlib (exit code 2, bad input)."""
+
+
+def quiet_plotting() -> None:
+    """Select the Agg backend and silence matplotlib's warnings and log messages (font cache,
+    empty legends): a plot command prints only its own lines."""
+    import logging
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    logging.getLogger("matplotlib").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="matplotlib")
+    warnings.filterwarnings("ignore", category=UserWarning, message=".*[Ll]egend.*")

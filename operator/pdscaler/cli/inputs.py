@@ -175,14 +175,17 @@ def load_trace(path: str, flag: str = "--trace") -> Trace:
         raise ValueError(message) from None
 
 
-def trace_rate_per_s(trace: Trace, flag: str = "--trace") -> float:
+def trace_rate_per_s(
+    trace: Trace,
+    flag: str = "--trace",
+    hint: str = "give --rate-per-s (the trace's lengths are still used)",
+) -> float:
     """The trace's mean arrival rate; a clear error naming ``flag`` when it has none (one
     request, or every request at the same instant)."""
     rate = trace.rate_per_s
     if not math.isfinite(rate) or rate <= 0:
         raise ValueError(
             f"{flag}: {trace.arrival_s.size} request(s) spanning {trace.duration_s:g} s give no "
-            "arrival rate; give --rate-per-s (the trace's lengths are still used) or a trace "
-            "of at least two requests at different times"
+            f"arrival rate; {hint}, or a trace of at least two requests at different times"
         )
     return rate

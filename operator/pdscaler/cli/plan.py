@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from pdscaler.cli.args import (
+    DEFAULT_TTFT_OVERHEAD_S,
     NON_NEGATIVE_FLOAT,
     NON_NEGATIVE_INT,
     POSITIVE_FLOAT,
@@ -57,9 +58,6 @@ def _price(text: str) -> tuple[str, float]:
     return gpu, float(NON_NEGATIVE_FLOAT(amount))
 
 
-#: The default fixed TTFT overhead, seconds, of every command (plan, capacity, simulate,
-#: calibrate) and of a PDDeployment: none. The embedded paper example uses the paper's 0.1 s.
-DEFAULT_TTFT_OVERHEAD_S = 0.0
 DEFAULT_ROUTER = "least-loaded"
 
 

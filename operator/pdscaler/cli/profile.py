@@ -9,7 +9,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pdscaler.cli.args import NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, parse_percentile
+from pdscaler.cli.args import (
+    DEFAULT_TTFT_OVERHEAD_S,
+    NON_NEGATIVE_FLOAT,
+    NON_NEGATIVE_INT,
+    POSITIVE_FLOAT,
+    POSITIVE_INT,
+    parse_percentile,
+)
 from pdscaler.cli.inputs import load_profiles
 from pdscaler.profiler.client import EndpointError
 from pdscaler.profiler.settings import (
@@ -324,8 +331,10 @@ def add_calibrate_parser(subparsers: Any) -> None:
     model.add_argument("--decode-model", choices=DECODE_MODELS, default=DEFAULT_DECODE_MODEL,
                        help=f"default {DEFAULT_DECODE_MODEL}, the planner's")
     model.add_argument("--router", choices=("least-loaded", "random"), default="least-loaded")
-    model.add_argument("--ttft-overhead-s", type=float, default=0.0,
-                       help="fixed TTFT overhead the prediction adds (client, router)")
+    model.add_argument("--ttft-overhead-s", type=NON_NEGATIVE_FLOAT,
+                       default=DEFAULT_TTFT_OVERHEAD_S,
+                       help="fixed TTFT overhead the prediction adds (client, router; "
+                       f"default {DEFAULT_TTFT_OVERHEAD_S:g})")
     out = parser.add_argument_group("output")
     out.add_argument("--output", choices=("table", "json"), default="table")
     out.add_argument("--write-factors", type=Path, metavar="FILE.yaml",
