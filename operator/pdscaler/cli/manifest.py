@@ -80,6 +80,9 @@ def add_manifest_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--prometheus-url", help="Prometheus base URL (default: the operator's)")
     group.add_argument("--window-s", type=float, default=None,
                        help="Prometheus window, seconds (default: the CRD's, 300)")
+    group.add_argument("--interval-s", type=float, default=None,
+                       help="seconds between reconciles (behavior.intervalS; default: the "
+                       "operator's --interval)")
     group.add_argument("--prefill-metrics", type=_label, action="append", default=None,
                        metavar="LABEL=VALUE",
                        help="Prometheus label of the prefill pods (default job=PREFILL_TARGET); "
@@ -194,6 +197,8 @@ def pddeployment_manifest(
         if args.window_s is not None:
             prometheus["windowS"] = args.window_s
         spec_document["workload"] = {"source": "Prometheus", "prometheus": prometheus}
+    if args.interval_s is not None:
+        spec_document["behavior"] = {"intervalS": args.interval_s}
     budget_spec: dict[str, Any] = {}
     if request.budget.max_gpus is not None:
         budget_spec["maxGpus"] = request.budget.max_gpus
