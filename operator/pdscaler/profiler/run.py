@@ -82,12 +82,15 @@ def run_profile(
         profile = build_profile(outcome, labels)
     except ValueError as exc:
         # No profile (a TTFT-vs-rate-only run, or too few points): report what was measured.
-        measured = measured_report(outcome, str(exc))
+        problem = str(exc)
+        if not (settings.run_prefill or settings.run_decode):
+            problem = "the prefill and decode sweeps were skipped (TTFT against rate only)"
+        measured = measured_report(outcome, problem)
         files["report_json"] = out_dir / "report.json"
         files["report_json"].write_text(json.dumps(measured, indent=2) + "\n")
         files["report_md"] = out_dir / "report.md"
         files["report_md"].write_text(measured_markdown(measured))
-        return ProfileRun(outcome, None, None, files, problem=str(exc), measured=measured)
+        return ProfileRun(outcome, None, None, files, problem=problem, measured=measured)
     report = fit_report(profile, outcome)
     files["profile"] = out_dir / "profile.yaml"
     files["profile"].write_text(dump_profile_document(profile))

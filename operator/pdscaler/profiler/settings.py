@@ -53,8 +53,9 @@ class SweepSettings:
     """Trials are repeated (up to this many) while their spread is above ``spread_bound``."""
     spread_bound: float = 0.10
     """Largest accepted spread of a point's trials: (max - min) / median."""
-    min_window_s: float = 3.0
-    """Shortest saturation window counted; a shorter trial is repeated with more requests."""
+    min_window_s: float = 0.0
+    """Shortest saturation window counted; a shorter trial is repeated with more requests
+    (the command line's default is 3 s)."""
     max_saturation_requests: int = 4096
     warmup_requests: int = 4
     request_timeout_s: float = 120.0

@@ -721,7 +721,7 @@ class SweepRunner:
 
 #: Prompt and output tokens of each request of the batch-limit probe.
 BATCH_PROBE_PROMPT_TOKENS = 4
-BATCH_PROBE_OUTPUT_TOKENS = 48
+BATCH_PROBE_OUTPUT_TOKENS = 128
 
 
 def effective_max_batch(
@@ -737,7 +737,7 @@ def effective_max_batch(
 
 
 async def _peak_gauges(
-    client: CompletionClient, finished: asyncio.Event, interval_s: float = 0.1,
+    client: CompletionClient, finished: asyncio.Event, interval_s: float = 0.05,
     names: tuple[str, ...] = ("vllm:num_requests_running", "vllm:num_requests_waiting"),
 ) -> dict[str, float]:
     """Largest value of each gauge in ``names`` seen on ``/metrics`` until ``finished``."""
