@@ -50,12 +50,13 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 
 
 def _chosen(argv: Sequence[str]) -> str | None:
-    """The subcommand named in ``argv`` (the first argument that is not an option)."""
+    """The subcommand named in ``argv``: the first argument that is not an option (``""`` when
+    it names no subcommand, None when there is none)."""
     for arg in argv:
         if arg == "--":
             return None
         if not arg.startswith("-"):
-            return arg if arg in COMMANDS else None
+            return arg if arg in COMMANDS else ""
     return None
 
 
@@ -88,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command is None and not any(a in ("-h", "--help", "--version") for a in arguments):
         arguments = ["plan", *arguments]
         command = "plan"
-    parser = build_parser(command)
+    parser = build_parser(command or None)
     args = parser.parse_args(arguments)
     from pydantic import ValidationError
 
