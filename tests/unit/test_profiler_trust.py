@@ -104,7 +104,7 @@ def test_report_shows_spread_r2_and_engine_timed_points() -> None:
 # -- against the vLLM stand-in ----------------------------------------------------------------
 
 
-def sweep(url: str, tmp_path: Path, **overrides: Any) -> SweepOutcome:
+def sweep(url: str, tmp_path: Path, fresh: bool = True, **overrides: Any) -> SweepOutcome:
     values: dict[str, Any] = {
         "prefill_endpoint": url, "decode_endpoint": url, "warmup_requests": 1,
         "input_tokens": (256,), "zero_load_requests": 2, "prefill_concurrency": 4,
@@ -113,7 +113,7 @@ def sweep(url: str, tmp_path: Path, **overrides: Any) -> SweepOutcome:
     }
     values.update(overrides)
     settings = SweepSettings(**values)
-    store = PointStore(tmp_path / "points.jsonl", fresh=True)
+    store = PointStore(tmp_path / "points.jsonl", fresh=fresh)
     result: SweepOutcome = asyncio.run(SweepRunner(settings, store, Progress(0, quiet=True)).run())
     return result
 
@@ -128,6 +128,16 @@ def test_engine_batch_limit_is_probed_and_wins_over_the_flag(
     assert run.decode.max_batch == MaxBatchInfo(
         24, "probe: 64 requests at once, at most 24 ran while others waited")
     assert any("--max-batch-size 256 differs from the engine's 24" in w for w in run.warnings)
+    # A second run of the same settings reuses the probe's answer from points.jsonl.
+    def probes() -> int:
+        text = (tmp_path / "points.jsonl").read_text()
+        return sum("engine_batch_limit" in line for line in text.splitlines())
+
+    lines = probes()
+    again = sweep(sim.base_url, tmp_path, fresh=False, run_prefill=False, run_decode=True,
+                  batch_probe_requests=64, max_batch_size=256)
+    assert again.decode is not None and again.decode.max_batch == run.decode.max_batch
+    assert probes() == lines == 1
     # Without a probe and without /server_info nothing is learned: the flag is used.
     quiet = sweep(sim.base_url, tmp_path / "b", run_prefill=False, run_decode=True,
                   max_batch_size=256)

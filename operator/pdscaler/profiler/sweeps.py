@@ -637,25 +637,55 @@ class SweepRunner:
         out = BATCH_PROBE_OUTPUT_TOKENS
         if state.kv_cache is not None:
             sent = min(sent, state.kv_cache.capacity_tokens // (BATCH_PROBE_PROMPT_TOKENS + out))
-        self.progress.note(f"probing the engine's batch limit with {sent} requests at once")
-        prompt = self.prompts.ids(BATCH_PROBE_PROMPT_TOKENS)
-        finished = asyncio.Event()
-        poller = asyncio.create_task(_peak_gauges(client, finished))
-        try:
-            await asyncio.gather(*(
-                client.stream_completion(prompt, BATCH_PROBE_PROMPT_TOKENS, out)
-                for _ in range(sent)
-            ))
-        finally:
-            finished.set()
-            peaks = await poller
-        limit = batch_limit_from_probe(
-            sent, peaks.get("vllm:num_requests_running"), peaks.get("vllm:num_requests_waiting")
-        )
+        params = {"requests": sent, "prompt_tokens": BATCH_PROBE_PROMPT_TOKENS,
+                  "output_tokens": out}
+        key = point_key("engine_batch_limit", state.info.model, params)
+        previous = self.store.done(key)
+        if previous is not None:  # probed in an earlier run of the same settings
+            limit = previous["result"].get("max_batch_size")
+        else:
+            limit = await self._probe_batch_limit(client, sent, out)
+            self.store.put({
+                "key": key, "kind": "engine_batch_limit", "role": state.role,
+                "endpoint": client.base_url, "model": state.info.model, "params": params,
+                "status": "ok", "requests": 0, "failed": 0, "errors": [], "problems": [],
+                "result": {"max_batch_size": limit}, "finished_at": _now(),
+            })
         if limit is None:
             return None
         return MaxBatchInfo(
-            limit, f"probe: {sent} requests at once, at most {limit} ran while others waited"
+            int(limit), f"probe: {sent} requests at once, at most {limit} ran while others waited"
+        )
+
+    async def _probe_batch_limit(
+        self, client: CompletionClient, sent: int, out: int
+    ) -> int | None:
+        """Send ``sent`` tiny requests at once; the batch limit is the number running while
+        others wait. The probe stops (its requests cancelled, which aborts them in the engine)
+        once two consecutive looks at ``/metrics`` agree on it, or when every request is done."""
+        self.progress.note(f"probing the engine's batch limit with {sent} requests at once")
+        prompt = self.prompts.ids(BATCH_PROBE_PROMPT_TOKENS)
+        finished = asyncio.Event()
+        settled = asyncio.Event()
+        poller = asyncio.create_task(_peak_gauges(client, finished, settled=settled))
+        requests = [
+            asyncio.create_task(client.stream_completion(prompt, BATCH_PROBE_PROMPT_TOKENS, out))
+            for _ in range(sent)
+        ]
+        everything = asyncio.gather(*requests, return_exceptions=True)
+        waiter = asyncio.create_task(settled.wait())
+        either: list[asyncio.Future[Any]] = [everything, waiter]
+        try:
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in requests:
+                task.cancel()
+            await asyncio.gather(everything, return_exceptions=True)
+            waiter.cancel()
+            finished.set()
+            peaks = await poller
+        return batch_limit_from_probe(
+            sent, peaks.get("vllm:num_requests_running"), peaks.get("vllm:num_requests_waiting")
         )
 
     def _check_max_batch(self, outcome: SweepOutcome) -> None:
@@ -739,15 +769,26 @@ def effective_max_batch(
 async def _peak_gauges(
     client: CompletionClient, finished: asyncio.Event, interval_s: float = 0.05,
     names: tuple[str, ...] = ("vllm:num_requests_running", "vllm:num_requests_waiting"),
+    settled: asyncio.Event | None = None,
 ) -> dict[str, float]:
-    """Largest value of each gauge in ``names`` seen on ``/metrics`` until ``finished``."""
+    """Largest value of each gauge in ``names`` (running, waiting) seen on ``/metrics`` until
+    ``finished``. ``settled`` is set once two consecutive looks see requests waiting and the
+    same number running (the batch is at its limit)."""
     peaks: dict[str, float] = {}
+    last: tuple[float, float] | None = None
     while not finished.is_set():
         text = await client.metrics_text()
+        seen: dict[str, float] = {}
         for name in names:
             value = gauge_sum(text, name) if text else None
             if value is not None:
+                seen[name] = value
                 peaks[name] = max(value, peaks.get(name, value))
+        if settled is not None and len(seen) == len(names) == 2:
+            running, waiting = seen[names[0]], seen[names[1]]
+            if waiting > 0 and running > 0 and last is not None and last[0] == running:
+                settled.set()
+            last = (running, waiting) if waiting > 0 else None
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(finished.wait(), interval_s)
     return peaks
