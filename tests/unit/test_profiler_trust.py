@@ -26,7 +26,7 @@ from pdscaler.profiler.measure import isotonic_increasing, relative_spread
 from pdscaler.profiler.progress import Progress
 from pdscaler.profiler.settings import ProfileLabels, SweepSettings
 from pdscaler.profiler.store import PointStore
-from pdscaler.profiler.sweeps import SweepOutcome, SweepRunner
+from pdscaler.profiler.sweeps import SweepOutcome, SweepRunner, effective_max_batch
 
 from planner import parse_profile_document
 from tests.components.vllm_sim import VllmSim
@@ -128,6 +128,8 @@ def test_engine_batch_limit_is_probed_and_wins_over_the_flag(
     assert run.decode.max_batch == MaxBatchInfo(
         24, "probe: 64 requests at once, at most 24 ran while others waited")
     assert any("--max-batch-size 256 differs from the engine's 24" in w for w in run.warnings)
+    assert effective_max_batch(run.settings, run.decode) == (24, "the engine's max_num_seqs")
+    assert trust_summary(run)["max_batch_size"] == 24
     # A second run of the same settings reuses the probe's answer from points.jsonl.
     def probes() -> int:
         text = (tmp_path / "points.jsonl").read_text()
