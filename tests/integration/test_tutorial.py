@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from tests.components.kube import KubeControlPlane
+from tests.integration.test_operator_support import operator_crds_fixture  # noqa: F401 - fixture
 from tests.shared import CONV_TRACE, DYNAMO, REPO, need
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -102,3 +103,36 @@ def test_tutorial_runs_as_written(
         assert replicas == "1"
     assert "inputs:" in output and "(default)" in output
     assert "capacity:" in output
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        (),  # Prometheus workload, ConfigMap profile: the default object
+        ("--workload-source", "static", "--profile-inline", "--mode", "Auto",
+         "--price", "h200=3.8", "--max-gpus", "64", "--ttft-percentile", "p99"),
+    ],
+)
+def test_emitted_pddeployment_passes_the_servers_validation(
+    operator_crds: KubeControlPlane, kube_namespace: str, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str], extra: tuple[str, ...],
+) -> None:
+    from pdscaler.cli import main
+
+    code = main(["plan", "--rate-per-s", "20", "--input-tokens", "2048", "--output-tokens",
+                 "256", "--emit", "pddeployment", "--name", "chat", "--namespace",
+                 kube_namespace, *extra])
+    manifest = capsys.readouterr().out
+    assert code == 0
+    (tmp_path / "pdd.yaml").write_text(manifest)
+    # The API server applies the CRD's schema and CEL rules on a server-side dry run.
+    result = operator_crds.kubectl("apply", "--dry-run=server", "-f", str(tmp_path / "pdd.yaml"))
+    assert "pddeployment.pdscaler.io/chat created (server dry run)" in result.stdout
+    # A change that the CRD forbids is refused by the same server: the check is real.
+    broken = yaml.safe_load(manifest)
+    broken["spec"]["decode"]["scaleTargetRef"]["name"] = "chat-prefill"
+    (tmp_path / "broken.yaml").write_text(yaml.safe_dump(broken))
+    refused = operator_crds.kubectl("apply", "--dry-run=server", "-f",
+                                    str(tmp_path / "broken.yaml"), check=False)
+    assert refused.returncode != 0
+    assert "prefill and decode must scale different targets" in refused.stderr
