@@ -26,6 +26,7 @@ import urllib3
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
+from kubernetes.utils import parse_quantity
 
 log = logging.getLogger("pdscaler.kube")
 T = TypeVar("T")
@@ -461,32 +462,23 @@ def _pod_request(pod: Mapping[str, Any], resource: str) -> float:
     return max(app + sidecars, init_peak) + overhead
 
 
-_SUFFIXES = {
-    "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12,
-    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
-}
-
-
 def _quantity(value: Any) -> float:
-    """A Kubernetes quantity as a number (``"8"`` -> 8, ``"500m"`` -> 0.5).
+    """A Kubernetes quantity as a number (``"8"`` -> 8, ``"500m"`` -> 0.5), by
+    :func:`kubernetes.utils.parse_quantity` (every suffix: ``u``, ``Pi``, ``E``, exponents);
+    an absent or unreadable quantity counts as 0.
 
     Examples
     --------
     >>> _quantity("8"), _quantity("500m"), _quantity(None), _quantity("1Ki")
     (8.0, 0.5, 0.0, 1024.0)
+    >>> _quantity("1Pi") == 2.0**50, _quantity("1E"), _quantity("100u"), _quantity("x")
+    (True, 1e+18, 0.0001, 0.0)
     """
     if value is None:
         return 0.0
-    text = str(value).strip()
-    for suffix in sorted(_SUFFIXES, key=len, reverse=True):
-        if text.endswith(suffix):
-            try:
-                return float(text[: -len(suffix)]) * _SUFFIXES[suffix]
-            except ValueError:
-                return 0.0
     try:
-        return float(text)
-    except ValueError:
+        return float(parse_quantity(value))  # type: ignore[no-untyped-call]
+    except (ValueError, TypeError, ArithmeticError):
         return 0.0
 
 
