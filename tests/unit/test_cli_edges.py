@@ -131,7 +131,7 @@ def test_jsonl_trace_equals_the_same_csv_trace(
     ("text", "message"),
     [
         ('{"timestamp": 0, "input_length": 10, "output_length": 5}\n{"timestamp": 1}\n',
-         "line 2: input_length=None is not a number"),
+         "line 2: field 'input_length' missing"),
         ('{"timestamp": 0, "input_length": 0, "output_length": 5}\n', "input_length=0 must be"),
         ('{"timestamp": 0, "input_length": 3, "output_length": 5}\n{oops\n', "line 2: not a JSON"),
     ],

@@ -427,15 +427,20 @@ def test_paper_decode_model_inverts_the_published_fit() -> None:
 
 def test_paper_decode_fit_with_two_points_is_a_line() -> None:
     # Two benchmark points: (TPOT 12.8 ms, 10 * 1000/12.8 = 781.25 tokens/s) and
-    # (16.4 ms, 20 * 1000/16.4 = 1219.512 tokens/s); the line through them at 20 ms:
-    # 781.25 + (1219.512 - 781.25) / 3.6 * 7.2 = 781.25 + 2 * 438.262 = 1657.774 tokens/s
+    # (16.4 ms, 20 * 1000/16.4 = 1219.512 tokens/s); the line through them at 14.6 ms (inside
+    # the measured range): 781.25 + (1219.512 - 781.25) / 3.6 * 1.8 = 1000.381 tokens/s.
+    # A 20 ms target lies beyond the measured TPOTs: the fit is not extrapolated, the
+    # throughput at the largest measured TPOT (1219.512) is used.
     profiles = import_paper_table(input_tokens=6144, prefill_max_throughput_tokens_per_s=28309,
                                   decode_batch=[10, 20], decode_tpot_ms=[12.8, 16.4])
     w = Workload.from_tokens_per_min(5e6, 6144, 512)
     low, high = 10_000 / 12.8, 20_000 / 16.4
-    expected = low + (high - low) / 3.6 * 7.2
-    got = paper_decode_throughput_tokens_per_s(profiles.instances[1], w, SLO(ttft_s=2, tpot_ms=20))
-    assert got == pytest.approx(expected, rel=1e-9)
+    inside = paper_decode_throughput_tokens_per_s(profiles.instances[1], w,
+                                                  SLO(ttft_s=2, tpot_ms=14.6))
+    assert inside == pytest.approx(low + (high - low) / 3.6 * 1.8, rel=1e-9)
+    beyond = paper_decode_throughput_tokens_per_s(profiles.instances[1], w,
+                                                  SLO(ttft_s=2, tpot_ms=20))
+    assert beyond == pytest.approx(high, rel=1e-9)
 
 
 def test_paper_prefill_model_is_mean_mm1() -> None:
