@@ -166,6 +166,33 @@ class RoleQuery:
     ttft_percentile: float | None = None
     tpot_percentile: float | None = None
 
+    @property
+    def coverage_step_s(self) -> float:
+        """Resolution of the coverage subquery: a twentieth of the window, at least 1 s."""
+        return coverage_step_s(self.window_s)
+
+
+COVERAGE_STEPS = 20
+"""The coverage subquery looks at the window in this many steps."""
+
+
+def coverage_step_s(window_s: float) -> float:
+    """Step of the coverage subquery for a window of ``window_s`` seconds (whole seconds).
+
+    >>> coverage_step_s(300), coverage_step_s(10)
+    (15.0, 1.0)
+    """
+    return float(max(round(window_s / COVERAGE_STEPS), 1))
+
+
+def shorten(text: str, limit: int = 200) -> str:
+    """``text`` cut to ``limit`` characters, an ellipsis marking the cut.
+
+    >>> shorten("abcdef", 4)
+    'abc…'
+    """
+    return text if len(text) <= limit else text[: max(limit - 1, 0)] + "…"
+
 
 def _tag(expr: str, tag: str) -> str:
     return f'label_replace({expr}, "{TAG}", "{tag}", "", "")'
@@ -190,6 +217,10 @@ def role_expressions(q: RoleQuery) -> list[tuple[str, str]]:
         add("running", f"sum({running}{{{sel}}})")
         add("instances", f"count({running}{{{sel}}})")
         add("age_s", f"time() - max(timestamp({running}{{{sel}}}))")
+        # How far back the least-covered series reaches inside the window: a series that
+        # appeared (or came back) mid-window makes every rate() over it an underestimate.
+        step = _window(q.coverage_step_s)
+        add("covered_s", f"time() - max(min_over_time(timestamp({running}{{{sel}}})[{w}:{step}]))")
     if "waiting" in names:
         waiting = names["waiting"]
         add("waiting", f"sum({waiting}{{{sel}}})")
@@ -233,6 +264,8 @@ class RoleMetrics:
 
     instances: int | None = None
     age_s: float | None = None
+    covered_s: float | None = None
+    """Seconds of the rate window the least-covered ``running`` series spans."""
     running: float | None = None
     waiting: float | None = None
     queue_growth_per_s: float | None = None
@@ -266,6 +299,9 @@ class Observation:
     metric_names: dict[str, str] = field(default_factory=dict)
     idle: bool = False
     """Fresh series report no arrivals at all in the window (rate 0)."""
+    doubtful: tuple[str, ...] = ()
+    """Why the rates may understate the load: a series covers only part of the window (it
+    appeared, or came back after a gap, inside it). Enough to scale up on, not to scale in."""
 
     @property
     def available(self) -> bool:
@@ -303,6 +339,7 @@ def parse_role(
     metrics = RoleMetrics(
         instances=int(instances) if instances is not None else None,
         age_s=scalars.get("age_s"),
+        covered_s=scalars.get("covered_s"),
         running=scalars.get("running"),
         waiting=scalars.get("waiting"),
         queue_growth_per_s=scalars.get("queue_growth_per_s"),
@@ -396,12 +433,19 @@ def build_observation(
     """Turn the combined query's answer into per-role metrics and, if complete, a workload.
 
     Required: for both roles a fresh ``running`` gauge (newest sample at most ``max_age_s``
-    old); on prefill the request rate and prompt lengths; on decode the output lengths. Each
-    missing, stale or NaN one is named in :attr:`Observation.missing`.
+    old, not NaN); on prefill the request rate and prompt lengths; on decode the output
+    lengths. Each missing, stale or NaN one is named in :attr:`Observation.missing`.
+
+    Coverage: a ``rate()`` over a window whose series start inside it (a scrape gap, a
+    Prometheus restart without its data, a new replica) divides a partial increase by the whole
+    window and understates the load. When the least-covered ``running`` series of a role spans
+    less than the window minus two coverage steps, the role is named in
+    :attr:`Observation.doubtful`: the numbers are a lower bound on the load.
     """
     by_role = {q.role: q for q in queries}
     metrics: dict[Role, RoleMetrics] = {}
     missing: list[str] = []
+    doubtful: list[str] = []
     names: dict[str, str] = {}
     for role in ROLES:
         query = by_role[role]
@@ -418,6 +462,14 @@ def build_observation(
             checks.append(("running", age is not None and age <= max_age_s,
                            f"stale: newest sample {age:.0f} s old" if age is not None
                            else "stale"))
+            checks.append(("running", "running" not in nan_tags, "NaN"))
+            covered = role_metrics.covered_s
+            needed_s = query.window_s - 2 * query.coverage_step_s
+            if covered is not None and covered < needed_s:
+                doubtful.append(
+                    f"{role}: {query.names['running']}{{{shorten(query.selector)}}} covers "
+                    f"{max(covered, 0.0):.0f} s of the {query.window_s:g} s window"
+                )
         if role == "prefill":
             checks.append(("requests", role_metrics.rate_per_s is not None,
                            "NaN" if "rate_per_s" in nan_tags else "no series"))
@@ -431,7 +483,7 @@ def build_observation(
         for key, ok, what in checks:
             if not ok:
                 name = query.names.get(key) or "|".join(CATALOGUE[key].names)
-                missing.append(f"{role}: {name}{{{query.selector}}} ({what})")
+                missing.append(f"{role}: {name}{{{shorten(query.selector)}}} ({what})")
     prefill, decode = metrics["prefill"], metrics["decode"]
     rate: float | None = None
     if prefill.rate_per_s is not None:
@@ -459,6 +511,7 @@ def build_observation(
         missing=tuple(missing),
         metric_names=names,
         idle=idle,
+        doubtful=tuple(doubtful) if not missing else (),
     )
 
 
@@ -548,4 +601,5 @@ __all__ = [
     "read_observation",
     "role_expressions",
     "selector",
+    "shorten",
 ]

@@ -161,7 +161,7 @@ def test_the_operator_refuses_to_start_on_bad_settings(
                    {**env, "PDSCALER_PROMETHEUS_URL": "prometheus:9090"})
     assert bad.returncode == 2
     assert "PDSCALER_PROMETHEUS_URL='prometheus:9090'" in bad.stderr
-    assert "--default-interval-s=0.0" in bad.stderr
+    assert "--interval=0.0" in bad.stderr
     no_scope = _run_cli(["--standalone"], env)
     assert no_scope.returncode == 2 and "--all-namespaces" in no_scope.stderr
     # A cluster that cannot be reached: refused at start, after a few quick retries.

@@ -97,6 +97,10 @@ class FakeKube:
     def free_gpus(self, match_labels: Mapping[str, str], resource: str, now_s: float) -> int:
         return self.free
 
+    def list_objects(self, group: str, version: str, plural: str, namespace: str
+                     ) -> list[dict[str, Any]]:
+        return []
+
     def post_event(self, involved: Mapping[str, Any], event_type: str, reason: str,
                    message: str, now_iso: str) -> None:
         self.events.append((event_type, reason, message))
