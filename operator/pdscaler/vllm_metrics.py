@@ -166,23 +166,12 @@ class RoleQuery:
     ttft_percentile: float | None = None
     tpot_percentile: float | None = None
 
-    @property
-    def coverage_step_s(self) -> float:
-        """Resolution of the coverage subquery: a twentieth of the window, at least 1 s."""
-        return coverage_step_s(self.window_s)
 
-
-COVERAGE_STEPS = 20
-"""The coverage subquery looks at the window in this many steps."""
-
-
-def coverage_step_s(window_s: float) -> float:
-    """Step of the coverage subquery for a window of ``window_s`` seconds (whole seconds).
-
-    >>> coverage_step_s(300), coverage_step_s(10)
-    (15.0, 1.0)
-    """
-    return float(max(round(window_s / COVERAGE_STEPS), 1))
+COVERAGE_MIN = 0.9
+"""Least share of a full window's samples a series must have in the rate window (one sample
+of slack): below it the rates understate the load."""
+REFERENCE_WINDOWS = 5
+"""A full window's sample count is the most any of the last this many windows held."""
 
 
 def shorten(text: str, limit: int = 200) -> str:
@@ -217,10 +206,15 @@ def role_expressions(q: RoleQuery) -> list[tuple[str, str]]:
         add("running", f"sum({running}{{{sel}}})")
         add("instances", f"count({running}{{{sel}}})")
         add("age_s", f"time() - max(timestamp({running}{{{sel}}}))")
-        # How far back the least-covered series reaches inside the window: a series that
-        # appeared (or came back) mid-window makes every rate() over it an underestimate.
-        step = _window(q.coverage_step_s)
-        add("covered_s", f"time() - max(min_over_time(timestamp({running}{{{sel}}})[{w}:{step}]))")
+        # Coverage of the window: samples now against the most a window held recently (plus
+        # one of slack), and series with no sample in the window before (new, or back after a
+        # gap). A rate() over a partly covered window understates the load.
+        series = f"{running}{{{sel}}}"
+        reference = _window(q.window_s * REFERENCE_WINDOWS)
+        add("coverage", f"min((count_over_time({series}[{w}]) + 1) / "
+                        f"max_over_time(count_over_time({series}[{w}])[{reference}:{w}]))")
+        add("new_series", f"count(count_over_time({series}[{w}]) unless "
+                          f"count_over_time({series}[{w}] offset {w}))")
     if "waiting" in names:
         waiting = names["waiting"]
         add("waiting", f"sum({waiting}{{{sel}}})")
@@ -264,8 +258,10 @@ class RoleMetrics:
 
     instances: int | None = None
     age_s: float | None = None
-    covered_s: float | None = None
-    """Seconds of the rate window the least-covered ``running`` series spans."""
+    coverage: float | None = None
+    """Least share (one sample of slack) of a full window's samples of a ``running`` series."""
+    new_series: int | None = None
+    """``running`` series with no sample in the window before this one."""
     running: float | None = None
     waiting: float | None = None
     queue_growth_per_s: float | None = None
@@ -339,7 +335,8 @@ def parse_role(
     metrics = RoleMetrics(
         instances=int(instances) if instances is not None else None,
         age_s=scalars.get("age_s"),
-        covered_s=scalars.get("covered_s"),
+        coverage=scalars.get("coverage"),
+        new_series=int(scalars["new_series"] or 0) if scalars.get("new_series") else None,
         running=scalars.get("running"),
         waiting=scalars.get("waiting"),
         queue_growth_per_s=scalars.get("queue_growth_per_s"),
@@ -436,11 +433,14 @@ def build_observation(
     old, not NaN); on prefill the request rate and prompt lengths; on decode the output
     lengths. Each missing, stale or NaN one is named in :attr:`Observation.missing`.
 
-    Coverage: a ``rate()`` over a window whose series start inside it (a scrape gap, a
-    Prometheus restart without its data, a new replica) divides a partial increase by the whole
-    window and understates the load. When the least-covered ``running`` series of a role spans
-    less than the window minus two coverage steps, the role is named in
-    :attr:`Observation.doubtful`: the numbers are a lower bound on the load.
+    Coverage: a ``rate()`` over a window whose samples start inside it (a failed scrape, a
+    stopped Prometheus, a new replica) divides a partial increase by the whole window and
+    understates the load. The scrape interval is not known here, so a full window's sample count
+    is taken from the data: the most any of the last :data:`REFERENCE_WINDOWS` windows held. A
+    role is named in :attr:`Observation.doubtful` (the numbers are then a lower bound on the
+    load) when a ``running`` series has fewer than :data:`COVERAGE_MIN` of that count (with one
+    sample of slack), or had no sample in the window before this one (it is new, or back after
+    a gap longer than the window).
     """
     by_role = {q.role: q for q in queries}
     metrics: dict[Role, RoleMetrics] = {}
@@ -463,12 +463,17 @@ def build_observation(
                            f"stale: newest sample {age:.0f} s old" if age is not None
                            else "stale"))
             checks.append(("running", "running" not in nan_tags, "NaN"))
-            covered = role_metrics.covered_s
-            needed_s = query.window_s - 2 * query.coverage_step_s
-            if covered is not None and covered < needed_s:
+            series = f"{query.names['running']}{{{shorten(query.selector)}}}"
+            coverage = role_metrics.coverage
+            if coverage is not None and coverage < COVERAGE_MIN:
                 doubtful.append(
-                    f"{role}: {query.names['running']}{{{shorten(query.selector)}}} covers "
-                    f"{max(covered, 0.0):.0f} s of the {query.window_s:g} s window"
+                    f"{role}: {series} has {min(coverage, 1.0):.0%} of the samples of a full "
+                    f"{query.window_s:g} s window"
+                )
+            if role_metrics.new_series:
+                doubtful.append(
+                    f"{role}: {role_metrics.new_series} {series} series had no sample in the "
+                    f"{query.window_s:g} s before the window"
                 )
         if role == "prefill":
             checks.append(("requests", role_metrics.rate_per_s is not None,

@@ -30,33 +30,47 @@ def _queries(window_s: float = 300.0) -> list[RoleQuery]:
             RoleQuery("decode", 'job="d"', NAMES, window_s)]
 
 
-def _samples(covered_s: Mapping[str, float], running: float = 4.0
+def _samples(coverage: Mapping[str, float], running: float = 4.0, new_series: float = 0.0
              ) -> list[tuple[dict[str, str], float]]:
     out: list[tuple[dict[str, str], float]] = []
     for prefix in ("p", "d"):
         for tag, value in (("running", running), ("instances", 1.0), ("age_s", 3.0),
-                           ("covered_s", covered_s[prefix]), ("rate_per_s", 2.0),
+                           ("coverage", coverage[prefix]), ("rate_per_s", 2.0),
                            ("len_sum", 2000.0), ("len_count", 2.0)):
             out.append(({"pdscaler_q": f"{prefix}.{tag}"}, value))
+        if new_series and prefix == "d":
+            out.append(({"pdscaler_q": "d.new_series"}, new_series))
     return out
 
 
-def test_the_coverage_expression_looks_at_the_whole_window() -> None:
+def test_the_coverage_expressions_compare_with_recent_full_windows() -> None:
     exprs = dict(role_expressions(_queries()[0]))
-    assert exprs["p.covered_s"] == (
-        'time() - max(min_over_time(timestamp(vllm:num_requests_running{job="p"})[300s:15s]))')
+    series = 'vllm:num_requests_running{job="p"}'
+    assert exprs["p.coverage"] == (
+        f"min((count_over_time({series}[300s]) + 1) / "
+        f"max_over_time(count_over_time({series}[300s])[1500s:300s]))")
+    assert exprs["p.new_series"] == (
+        f"count(count_over_time({series}[300s]) unless count_over_time({series}[300s] "
+        "offset 300s))")
 
 
-def test_a_series_that_covers_part_of_the_window_is_doubtful() -> None:
-    # 300 s window in 15 s steps: a series must reach back at least 300 - 2 x 15 = 270 s.
-    full = build_observation(_samples({"p": 300.0, "d": 301.0}), _queries(), 120.0)
+def test_a_series_with_part_of_a_full_windows_samples_is_doubtful() -> None:
+    full = build_observation(_samples({"p": 1.0, "d": 1.05}), _queries(), 120.0)
     assert full.doubtful == () and full.workload is not None
-    edge = build_observation(_samples({"p": 270.0, "d": 300.0}), _queries(), 120.0)
+    edge = build_observation(_samples({"p": 0.9, "d": 1.0}), _queries(), 120.0)
     assert edge.doubtful == ()
-    gap = build_observation(_samples({"p": 269.0, "d": 300.0}), _queries(), 120.0)
+    gap = build_observation(_samples({"p": 0.45, "d": 1.0}), _queries(), 120.0)
     assert gap.doubtful == (
-        'prefill: vllm:num_requests_running{job="p"} covers 269 s of the 300 s window',)
+        'prefill: vllm:num_requests_running{job="p"} has 45% of the samples of a full 300 s '
+        "window",)
     assert gap.workload is not None and gap.missing == ()
+
+
+def test_a_series_new_in_the_window_is_doubtful() -> None:
+    new = build_observation(_samples({"p": 1.0, "d": 1.0}, new_series=2.0), _queries(), 120.0)
+    assert new.doubtful == (
+        'decode: 2 vllm:num_requests_running{job="d"} series had no sample in the 300 s before '
+        "the window",)
 
 
 def test_a_nan_running_gauge_is_flagged() -> None:

@@ -35,7 +35,8 @@ from tests.unit.test_tick import (
     spec_dict,
 )
 
-GAP = ('prefill: vllm:num_requests_running{role="prefill"} covers 12 s of the 300 s window',)
+GAP = ('prefill: vllm:num_requests_running{role="prefill"} has 4% of the samples of a full '
+       "300 s window",)
 
 
 def doubtful(rate_per_s: float = PAPER_RATE_PER_S) -> Observation:
@@ -66,7 +67,7 @@ def test_a_partly_covered_window_never_scales_in() -> None:
     assert outcome.status.prefill.held_by == "metrics_gap"
     assert conditions(outcome)["MetricsAvailable"] == ("False", "MetricsGap")
     cond = next(c for c in outcome.status.conditions if c.type == "MetricsAvailable")
-    assert "covers 12 s of the 300 s window" in cond.message
+    assert "has 4% of the samples of a full 300 s window" in cond.message
     assert [e.reason for e in outcome.events] == ["MetricsGap"]
 
 
@@ -91,8 +92,8 @@ def test_a_gap_warning_is_posted_once_while_the_numbers_move() -> None:
     spec = spec_dict("Auto", source="Prometheus")
     first = tick(make_input(spec, current={"prefill": 5, "decode": 6},
                             workload=WorkloadRead(doubtful())))
-    later_gap = ('prefill: vllm:num_requests_running{role="prefill"} covers 42 s of the 300 s '
-                 "window",)
+    later_gap = ('prefill: vllm:num_requests_running{role="prefill"} has 14% of the samples of '
+                 "a full 300 s window",)
     again = tick(make_input(spec, now_s=NOW_S + 30, previous=parse_status(first.status.to_wire()),
                             current={"prefill": 5, "decode": 6},
                             workload=WorkloadRead(replace(observation(), doubtful=later_gap))))
