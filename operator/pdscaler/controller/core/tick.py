@@ -596,8 +596,9 @@ def _slo_unreachable(result: Plan) -> dict[Role, str]:
     for role_plan in (result.prefill, result.decode):
         if role_plan.feasible or role_plan.binding in ("max_replicas", "min_replicas"):
             continue
-        if role_plan.binding.startswith("budget"):
-            continue
+        if role_plan.binding.startswith("budget") or role_plan.reason.startswith(
+                "no replica count up to"):
+            continue  # beyond the search, not below a floor: the capped count is applied
         out[role_plan.role] = role_plan.reason
     return out
 
