@@ -250,6 +250,12 @@ def _steady(cluster: Cluster, engines: Engines, start_operator: StartOperator,
 # ----------------------------------------------------------------------------- faults
 
 
+def test_the_matrix_starts_from_the_planned_load(engines: Engines) -> None:
+    rate = engines.rate()
+    assert rate is not None and abs(rate - RATE_PER_S) <= 0.15 * RATE_PER_S
+    assert engines.load.failed <= engines.load.sent // 100
+
+
 def test_a_scrape_gap_longer_than_the_window_never_scales_in(
     cluster: Cluster, engines: Engines, start_operator: StartOperator
 ) -> None:
@@ -445,10 +451,3 @@ def test_two_pddeployments_on_one_target_the_oldest_acts(
     assert _generation(cluster, "prefill") == 2  # created (1) + one write
     assert cluster.replicas("decode-b") == 1
     assert len(cluster.events("TargetConflict")) == 1
-
-
-def test_the_matrix_set_up_is_the_planned_one(engines: Engines) -> None:
-    rate = engines.rate()
-    assert rate is not None and abs(rate - RATE_PER_S) <= 0.15 * RATE_PER_S
-    assert engines.load.failed <= engines.load.sent // 100
-

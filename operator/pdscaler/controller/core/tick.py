@@ -10,10 +10,15 @@ When the operator holds (no scale written, replicas kept)
 ---------------------------------------------------------
 * the spec is invalid, the profile is missing or invalid, or the planner refuses the inputs:
   ``SpecValid=False``, nothing else is decided (the previous recommendation stays in status);
-* a scale target is missing: ``TargetsFound=False``;
+* a scale target is missing: ``TargetsFound=False``; an older PDDeployment of the namespace
+  scales the same target: ``TargetsFound=False``/``TargetConflict`` (the oldest acts);
 * the workload cannot be trusted: no Prometheus URL, Prometheus unreachable, a required vLLM
   series missing, stale or NaN (``MetricsAvailable=False``, naming each series): the planned
   count is unknown, so the control rules (:func:`planner.control.decide`) keep the current count;
+* the rate window is only partly covered (``Observation.doubtful``): no scale-in
+  (``MetricsAvailable=False``/``MetricsGap``); a scale-up the partial data demand goes ahead;
+* no replica count meets an SLO (a floor, not ``maxReplicas``): no scale-up
+  (``Ready=False``/``SLOUnreachable``);
 * the control rules hold a change back: pods not ready yet (no further scale-up), the
   stabilization windows, the tolerance, the step limits, the node pool's free GPUs.
 
@@ -171,13 +176,7 @@ def tick(inp: TickInput) -> TickOutcome:
             f"holding replicas: {read.problem[1]}" if read.problem else "holding replicas"
         )
 
-    gap_held: set[Role] = set()
-    if read.doubtful:
-        for role in ROLES:
-            count = planned[role]
-            if count is not None and count < states[role].spec_replicas:
-                planned[role] = states[role].spec_replicas  # a partial window: no scale-in
-                gap_held.add(role)
+    gap_held = _no_scale_in(planned, states) if read.doubtful else set()
     decisions = _control(b, spec, states, planned, result)
     if result is not None and request is not None:
         at = predictions(inp.memo, key, request, decisions["prefill"].desired_replicas,
@@ -194,15 +193,7 @@ def tick(inp: TickInput) -> TickOutcome:
         whys = {role: b.status.reason for role in ROLES}
     else:
         whys = {}
-    for role in gap_held:
-        rs = b.status.role(role)
-        rs.held_by = "metrics_gap"
-        rs.reason = (f"holding {states[role].spec_replicas} replicas: the plan's "
-                     f"{rs.planned_replicas} would scale in on a partly covered window")
-    for role, why in unreachable.items():
-        rs = b.status.role(role)
-        rs.held_by = "slo_unreachable"
-        rs.reason = f"holding {states[role].spec_replicas} replicas: {why}"
+    _mark_holds(b.status, states, gap_held, unreachable)
 
     commands = _act(b, spec, states, decisions, whys)
     ready = read.problem is None and (read.workload is not None or read.idle)
@@ -511,6 +502,35 @@ def _act(
             resource_version=state.resource_version, reason=bounded(why),
         ))
     return commands
+
+
+def _no_scale_in(planned: dict[Role, int | None], states: Mapping[Role, TargetState]
+                 ) -> set[Role]:
+    """On a partly covered window, raise each plan below the current count to it (the data
+    are a lower bound on the load: enough to scale up on, not to scale in); the roles held."""
+    held: set[Role] = set()
+    for role in ROLES:
+        count = planned[role]
+        if count is not None and count < states[role].spec_replicas:
+            planned[role] = states[role].spec_replicas
+            held.add(role)
+    return held
+
+
+def _mark_holds(
+    status: PDDeploymentStatus, states: Mapping[Role, TargetState], gap_held: set[Role],
+    unreachable: Mapping[Role, str],
+) -> None:
+    """``heldBy`` and the reason of roles held for a partial window or an unreachable SLO."""
+    for role in gap_held:
+        rs = status.role(role)
+        rs.held_by = "metrics_gap"
+        rs.reason = (f"holding {states[role].spec_replicas} replicas: the plan's "
+                     f"{rs.planned_replicas} would scale in on a partly covered window")
+    for role, why in unreachable.items():
+        rs = status.role(role)
+        rs.held_by = "slo_unreachable"
+        rs.reason = f"holding {states[role].spec_replicas} replicas: {why}"
 
 
 def _control_base(
