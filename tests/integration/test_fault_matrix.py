@@ -304,6 +304,8 @@ def test_prometheus_stopped_short_and_long(
     assert watch.replicas == {PLANNED}
     assert _generations(cluster) == before
     assert op.proc is not None and op.proc.poll() is None
+    # After the long outage the window held too few samples: no scale-in until it refilled.
+    assert "MetricsGap" in watch.reasons, watch.reasons
 
 
 def test_dropped_and_nan_series_hold_and_name_the_series(

@@ -74,7 +74,9 @@ def test_a_metrics_outage_holds_replicas(
     pair.decode.set_down(False)
     wait_for(lambda: cluster.replicas("prefill") == 3 and cluster.replicas("decode") == 2, 90,
              what="scale-in to 3P/2D once the metrics are back")
-    assert _condition(cluster, "llm", "MetricsAvailable")["status"] == "True"
+    # The status is written after the /scale writes of the same reconcile.
+    wait_for(lambda: _condition(cluster, "llm", "MetricsAvailable")["status"] == "True", 30,
+             what="MetricsAvailable=True")
 
 
 def test_prometheus_unreachable_holds_and_keeps_running(
