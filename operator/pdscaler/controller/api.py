@@ -41,6 +41,10 @@ PROM_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 K8S_NAME = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 K8S_LABEL_KEY = r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
 MAX_LABELS = 16
+MAX_MATCHER_VALUE = 1024
+"""Longest Prometheus matcher value (a label value or a regular expression), characters."""
+MAX_NODE_LABEL_VALUE = 63
+"""Longest Kubernetes label value."""
 MAX_HISTORY = 50
 _DEFAULT_MODELS = ModelChoice()
 
@@ -100,6 +104,7 @@ def _label_map_rule(field: str) -> dict[str, Any]:
     return {
         "default": {},
         "maxProperties": MAX_LABELS,
+        "additionalProperties": {"type": "string", "maxLength": MAX_MATCHER_VALUE},
         "x-kubernetes-validations": [
             {
                 "rule": "self.all(k, k.matches('^[a-zA-Z_][a-zA-Z0-9_]*$'))",
@@ -186,6 +191,8 @@ class NodePool(CrdModel):
         min_length=1,
         max_length=MAX_LABELS,
         description="Node labels selecting the pool (all must match).",
+        json_schema_extra={"additionalProperties": {
+            "type": "string", "maxLength": MAX_NODE_LABEL_VALUE}},
     )
     gpu_resource_name: str = Field(
         default="nvidia.com/gpu",
@@ -197,9 +204,12 @@ class NodePool(CrdModel):
     @field_validator("match_labels")
     @classmethod
     def _keys(cls, value: dict[str, str]) -> dict[str, str]:
-        for key in value:
+        for key, text in value.items():
             if not re.match(K8S_LABEL_KEY, key):
-                raise ValueError(f"matchLabels: {key!r} is not a valid label key")
+                raise ValueError(f"matchLabels: {key[:100]!r} is not a valid label key")
+            if len(text) > MAX_NODE_LABEL_VALUE:
+                raise ValueError(f"matchLabels: the value of {key!r} is longer than "
+                                 f"{MAX_NODE_LABEL_VALUE} characters")
         return value
 
 
@@ -232,9 +242,13 @@ class MetricSelector(CrdModel):
     def _label_names(cls, value: dict[str, str]) -> dict[str, str]:
         if len(value) > MAX_LABELS:
             raise ValueError(f"at most {MAX_LABELS} matchers")
-        for key in value:
+        for key, text in value.items():
             if not PROM_LABEL_NAME.match(key):
-                raise ValueError(f"{key!r} is not a Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*)")
+                raise ValueError(
+                    f"{key[:100]!r} is not a Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*)")
+            if len(text) > MAX_MATCHER_VALUE:
+                raise ValueError(f"the value of {key!r} is longer than {MAX_MATCHER_VALUE} "
+                                 "characters")
         return value
 
 
