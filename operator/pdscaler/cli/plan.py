@@ -30,6 +30,7 @@ from planner import (
     Workload,
     plan,
 )
+from planner.models import DEFAULT_ROUTER, ROUTERS
 from planner.paper import (
     INPUT_TOKENS,
     OUTPUT_TOKENS,
@@ -146,7 +147,14 @@ def add_plan_parser(subparsers: Any) -> None:
         "(default: nearest for the embedded example, else ceil)",
     )
     model.add_argument("--rounding-tolerance", type=NON_NEGATIVE_FLOAT, default=0.0)
-    model.add_argument("--router", choices=("least-loaded", "random"), default="least-loaded")
+    model.add_argument(
+        "--router",
+        choices=ROUTERS,
+        default=DEFAULT_ROUTER,
+        help=f"how requests reach the instances (default {DEFAULT_ROUTER}, what a plain "
+        "Kubernetes Service gives: independent queues); least-loaded for a queue-aware router "
+        "that pools them (one queue); round-robin: each instance gets every n-th request",
+    )
     model.add_argument("--prefill-configs", help="comma-separated prefill configs to consider")
     model.add_argument("--decode-configs", help="comma-separated decode configs to consider")
     limits = parser.add_argument_group("cost and limits")
