@@ -557,9 +557,8 @@ def plan_prefill(
             f"utilization {pred.utilization:.0%}, the queue grows without bound"
         )
         return result(replicas, "overloaded", False, reason, fractional)
-    return result(
-        replicas, binding, True, f"{replicas} x {instance.key}: {_describe_ttft(pred)}", fractional
-    )
+    reason = f"{replicas} x {instance.key} ({request.router} router): {_describe_ttft(pred)}"
+    return result(replicas, binding, True, reason, fractional)
 
 
 def plan_decode(request: PlanRequest, instance: InstanceProfile) -> RolePlan:

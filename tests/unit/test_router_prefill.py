@@ -300,8 +300,11 @@ def test_plan_sizes_more_prefill_for_independent_queues() -> None:
     counts = {r: plan(base.model_copy(update={"router": r})).prefill.replicas for r in ROUTERS}
     assert counts["least-loaded"] <= counts["round-robin"] <= counts["random"]
     assert counts["least-loaded"] < counts["random"]
-    # The default request is the random router's.
+    # The default request is the random router's, and the reason names the router.
     assert plan(base).prefill.replicas == counts["random"]
+    assert "(random router)" in plan(base).prefill.reason
+    pooled = plan(base.model_copy(update={"router": "least-loaded"}))
+    assert "(least-loaded router)" in pooled.prefill.reason
 
 
 def test_predict_at_uses_the_requests_router() -> None:
