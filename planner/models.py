@@ -242,20 +242,28 @@ def erlang_gm1_sigma(replicas: int, arrival_rate_per_s: float, service_rate_per_
     >>> round(erlang_gm1_sigma(1, 1.0, 2.0), 12)   # n = 1 is M/M/1: sigma = rho
     0.5
     """
+    return 1.0 - _erlang_gm1_gap(replicas, arrival_rate_per_s, service_rate_per_s)
+
+
+def _erlang_gm1_gap(replicas: int, arrival_rate_per_s: float, service_rate_per_s: float) -> float:
+    r""":math:`u = 1 - \sigma` of :func:`erlang_gm1_sigma`, solved in :math:`u` for precision.
+
+    :math:`g(u) = \tilde A(\mu u) - (1 - u) = \mathrm{expm1}(-n\,\mathrm{log1p}(\mu u/\lambda))
+    + u` keeps full relative precision however close :math:`\sigma` is to 1 (heavy traffic,
+    many instances). :math:`g(1) > 0`; near the trivial root :math:`u = 0`,
+    :math:`g(u) \approx u (1 - 1/\rho) < 0`. Returns 0 for an unstable queue.
+    """
     lam, mu, n = arrival_rate_per_s, service_rate_per_s, replicas
     if lam >= n * mu:
-        return 1.0
+        return 0.0
 
-    def excess(sigma: float) -> float:
-        # log form: n log(lambda / (lambda + mu (1 - sigma))) stays finite for large n.
-        return math.exp(n * math.log(lam / (lam + mu * (1.0 - sigma)))) - sigma
+    def excess(u: float) -> float:
+        return math.expm1(-n * math.log1p(mu * u / lam)) + u
 
-    # f(0) > 0; just below the trivial root sigma = 1, f < 0 (slope 1/rho - 1 > 0 there).
-    gap = 1.0 - lam / (n * mu)
-    upper = 1.0 - gap * 1e-3
-    while excess(upper) >= 0 and upper < 1.0 - 1e-15:
-        upper = 1.0 - (1.0 - upper) / 16.0
-    return float(brentq(excess, 0.0, upper, xtol=1e-15, rtol=1e-13))
+    lower = (1.0 - lam / (n * mu)) * 1e-3  # the root is near 2 (1 - rho) / (1 + 1/n)
+    while excess(lower) >= 0 and lower > 1e-300:
+        lower /= 16.0
+    return float(brentq(excess, lower, 1.0, xtol=lower * 1e-12, rtol=1e-14))
 
 
 def _exponential_sojourn(
@@ -274,8 +282,8 @@ def _exponential_sojourn(
         decay = mu - lam / n
         wait_probability = lam / n / mu
     else:
-        wait_probability = erlang_gm1_sigma(n, lam, mu)
-        decay = mu * (1.0 - wait_probability)
+        gap = _erlang_gm1_gap(n, lam, mu)
+        wait_probability, decay = 1.0 - gap, mu * gap
     if decay <= 0:
         return math.inf, math.inf, 0.0
     return 1.0 / decay, wait_probability / decay, decay

@@ -176,6 +176,15 @@ def test_round_robin_sigma_for_two_instances_by_hand() -> None:
         1.0 / (MU * (1.0 - sigma)), rel=1e-9)
 
 
+@pytest.mark.parametrize(("n", "rho"), [(1000, 0.9999), (50_000, 0.99999)])
+def test_round_robin_heavy_traffic_many_instances(n: int, rho: float) -> None:
+    # Heavy traffic (Kingman): the E_n/M/1 sojourn tends to an exponential of mean
+    # E[S] (c_a^2 + c_s^2) / (2 (1 - rho)) with c_a^2 = 1/n, c_s^2 = 1 (relative error O(1 - rho)).
+    lam = rho * n * MU
+    mean = _predict("mm1", "round-robin", n, _constant(lam), MEAN)
+    assert mean == pytest.approx(SERVICE_S * (1.0 / n + 1.0) / (2.0 * (1.0 - rho)), rel=1e-3)
+
+
 @pytest.mark.parametrize("model", ["mg1", "mgc"])
 def test_general_service_random_is_pollaczek_khinchine(model: PrefillModelName) -> None:
     n, rho = 3, 0.7
