@@ -24,7 +24,7 @@ from pydantic.alias_generators import to_camel
 
 from planner import ModelChoice
 from planner.common import ROLES, Role, replica_bounds_problem, validation_message
-from planner.models import DecodeModelName, PrefillModelName
+from planner.models import DEFAULT_ROUTER, DecodeModelName, PrefillModelName, Router
 
 GROUP = "pdscaler.io"
 VERSION = "v1alpha1"
@@ -526,8 +526,14 @@ class PlannerSpec(CrdModel):
         le=604_800,
         description="Period of the seasonal forecast, seconds (a day by default).",
     )
-    router: Literal["least-loaded", "random"] = Field(
-        default="least-loaded", description="How requests are spread over the instances."
+    router: Router = Field(
+        default=DEFAULT_ROUTER,
+        description="How requests are spread over the instances of each pool. random (default): "
+        "what a plain Kubernetes Service gives (kube-proxy picks a backend at random), each "
+        "instance its own queue; round-robin: each instance gets every n-th request; "
+        "least-loaded: a queue-aware router (llm-d, Dynamo) that pools the instances into one "
+        "queue. Declare least-loaded only when such a router is in front: independent queues "
+        "wait far longer at the same load.",
     )
     rounding: Literal["ceil", "nearest", "floor"] = Field(
         default="ceil", description="Rounding of fractional replica counts (paper models)."
