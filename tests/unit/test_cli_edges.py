@@ -39,7 +39,7 @@ def test_json_echoes_inputs_and_marks_defaults(capsys: pytest.CaptureFixture[str
                              "tpot_percentile": None}
     assert inputs["ttft_budget"]["overhead_s"] == 0.0
     assert inputs["models"] == {"prefill": "ggc", "decode": "poisson-wait"}
-    assert inputs["router"] == "least-loaded"
+    assert inputs["router"] == "random"  # the default: what a plain Service gives
     assert inputs["rounding"] == {"rule": "ceil", "tolerance": 0.0}
     assert [c["name"] for c in inputs["profile_configs"]["prefill"]] == ["paper"]
     defaulted = set(inputs["defaulted"])
