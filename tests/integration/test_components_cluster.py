@@ -16,7 +16,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from pdscaler.controller.adapters.kube import KubeClient, NodePoolEmpty, PoolCapacity, TargetRef
+from pdscaler.controller.adapters.kube import (
+    ConflictError,
+    KubeClient,
+    NodePoolEmpty,
+    PoolCapacity,
+    TargetRef,
+)
 
 from tests.components.cluster import (
     FAKE_NODE_ANNOTATION,
@@ -238,7 +244,14 @@ def test_scale_subresource_reflects_readiness(
     state = kube.read_target(ref)
     assert (state.spec_replicas, state.ready_replicas) == (0, 0)
     t0 = time.monotonic()
-    assert kube.scale(ref, 2, state.resource_version) == 2
+    for _ in range(10):  # the deployment controller may write the new object's status first
+        try:
+            assert kube.scale(ref, 2, kube.read_target(ref).resource_version) == 2
+            break
+        except ConflictError:
+            time.sleep(0.2)
+    else:
+        raise AssertionError("the optimistic /scale write kept conflicting")
     observations = []
     while time.monotonic() - t0 < delay_s - 0.5:
         observations.append(kube.read_target(ref))
