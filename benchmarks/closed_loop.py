@@ -325,14 +325,23 @@ def _fmt(value: Any, spec: str) -> str:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| case | policy | requests | GPU-h | within SLO | 5-min windows met | "
-             "violation min | scale events P/D | recovery s | wall s | CPU s |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    """The summary table; GPU-hours also as a ratio to the clairvoyant floor of the same case."""
+    floor = {
+        (s["deployment"], s["workload"], s["delay_s"]): s["gpu_hours"]
+        for s in rows if s["policy"] == "clairvoyant"
+    }
+    lines = ["| case | policy | requests | GPU-h | GPU-h / floor | within SLO | "
+             "5-min windows met | violation min | scale events P/D | recovery s | wall s | "
+             "CPU s |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s in rows:
         case = f"{s['deployment']} {s['workload']} d={s['delay_s']:g}s"
         ev = s["scale_events"]
+        base = floor.get((s["deployment"], s["workload"], s["delay_s"]))
+        ratio = s["gpu_hours"] / base if base else None
         lines.append(
             f"| {case} | {s['policy']} | {s['requests']} | {_fmt(s['gpu_hours'], '.1f')} | "
+            f"{_fmt(ratio, '.2f')} | "
             f"{_fmt(s['within_slo'], '.3f')} | {_fmt(s['windows_met'], '.2f')} | "
             f"{s['violation_minutes']} | {ev.get('prefill', 0)}/{ev.get('decode', 0)} | "
             f"{_fmt(s.get('recovery_s'), '.0f')} | {_fmt(s['wall_s'], '.1f')} | "
