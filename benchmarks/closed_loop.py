@@ -86,6 +86,7 @@ from planner import (  # noqa: E402
     import_dynamo_npz,
     parse_trace_csv,
 )
+from planner.calibration import CorrectionFactors, scale_instance  # noqa: E402
 from planner.elastic import ElasticConfig, ElasticSim  # noqa: E402
 from planner.simulate import SimConfig  # noqa: E402
 from planner.workload import Trace  # noqa: E402
@@ -298,7 +299,12 @@ def run_case(case: Case) -> dict[str, Any]:
                              PDSCALER_VARIANTS[case.policy])
     policy = make_policy(case.policy, context, schedule, spec)
     first = (policy.prefill, policy.decode) if isinstance(policy, StaticPolicy) else schedule[0]
-    config = ElasticConfig(prefill=d.prefill, decode=d.decode, initial_prefill=first[0],
+    # The engines' truth: the profile the policies are given, or every latency scaled
+    # (--truth-scale 1.2: engines 20 % slower than their profile).
+    factors = CorrectionFactors(prefill_service_time=args.truth_scale,
+                                decode_tpot=args.truth_scale)
+    truth_p, truth_d = scale_instance(d.prefill, factors), scale_instance(d.decode, factors)
+    config = ElasticConfig(prefill=truth_p, decode=truth_d, initial_prefill=first[0],
                            initial_decode=first[1], startup_s=case.delay_s,
                            gpu_capacity=args.gpu_capacity)
     sim = ElasticSim(config, r.arrival_s, r.input_tokens, r.output_tokens, seed=SEED,
@@ -307,11 +313,12 @@ def run_case(case: Case) -> dict[str, Any]:
                     ReplayConfig(interval_s=args.interval_s,
                                  scrape=ScrapeConfig(window_s=args.window_s)))
     step = {"step": STEP_AT_S, "spike": SPIKE_AT_S}.get(case.workload)
-    OUT.mkdir(parents=True, exist_ok=True)
-    result.write_json(OUT / f"{case.key}.json", step_s=step)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result.write_json(out / f"{case.key}.json", step_s=step)
     if args.plots:
         with contextlib.suppress(ImportError):
-            plot_timeline(result, OUT / f"{case.key}.png")
+            plot_timeline(result, out / f"{case.key}.png")
     summary = result.summary(step_s=step)
     summary.update(case=case.key, deployment=case.deployment, workload=case.workload,
                    delay_s=case.delay_s, requests_name=r.name)
@@ -361,6 +368,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window-s", type=float, default=120.0,
                         help="the observation's PromQL window")
     parser.add_argument("--peak-prefill", type=int, default=6)
+    parser.add_argument("--out", default=str(OUT), help="folder of the JSON records and plots")
+    parser.add_argument("--truth-scale", type=float, default=1.0,
+                        help="the engines run this many times the profile's latencies (the "
+                        "policies are given the profile): 1.2 = 20 %% slower, 0.8 = faster")
     parser.add_argument("--gpu-capacity", type=int, default=None)
     parser.add_argument("--oracle", choices=("simulator", "planner"), default="simulator",
                         help="how the clairvoyant and static-peak sizes are found")
@@ -398,9 +409,10 @@ def main(argv: list[str] | None = None) -> int:
              f"interval {args.interval_s:g} s, scrape 15 s, window {args.window_s:g} s; "
              f"total {time.perf_counter() - started:.0f} s")
     print(setup)
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "summary.md").write_text(text + "\n\n" + setup + "\n")
-    (OUT / "summary.json").write_text(json.dumps(rows, indent=1, default=str) + "\n")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.md").write_text(text + "\n\n" + setup + "\n")
+    (out / "summary.json").write_text(json.dumps(rows, indent=1, default=str) + "\n")
     return 0
 
 
