@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_calibrate_parser(subparsers)
     add_operator_parser(subparsers)
     add_vllm_sim_parser(subparsers)
+    __import__("pdscaler.lab.cli", fromlist=["add_lab_parser"]).add_lab_parser(subparsers)
     return parser
 
 
