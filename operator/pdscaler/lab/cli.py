@@ -20,10 +20,10 @@ def add_lab_parser(subparsers: Any) -> None:
     parser.add_argument("--trace", default=None,
                         help="Azure CSV or Mooncake-style JSONL trace (the Azure conversation "
                         "trace in ../shared)")
-    parser.add_argument("--speedup", type=float, default=4.0,
-                        help="time compression: trace second t is sent at t/speedup (4)")
-    parser.add_argument("--rate-scale", type=float, default=0.5,
-                        help="keep the timing, scale the rate by thinning/replicating (0.5)")
+    parser.add_argument("--speedup", type=float, default=5.0,
+                        help="time compression: trace second t is sent at t/speedup (5)")
+    parser.add_argument("--rate-scale", type=float, default=0.4,
+                        help="keep the timing, scale the rate by thinning/replicating (0.4)")
     parser.add_argument("--duration-s", type=float, default=720.0,
                         help="seconds of load, after compression (720)")
     parser.add_argument("--ready-delay-s", type=float, default=60.0,

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -49,11 +50,12 @@ from pdscaler.lab.summary import (
     Sample,
     Summary,
     Targets,
+    per_minute,
     plot_timeline,
     summarize,
     write_records,
 )
-from pdscaler.lab.workload import Arrival, read_trace, schedule
+from pdscaler.lab.workload import Arrival, read_trace, schedule, to_azure_csv
 from pdscaler.vllmsim.engine import EngineConfig
 from planner import parse_profile_document
 
@@ -79,8 +81,8 @@ class LabConfig:
 
     out_dir: Path
     trace: Path = field(default_factory=default_trace)
-    speedup: float = 4.0
-    rate_scale: float = 0.5
+    speedup: float = 5.0
+    rate_scale: float = 0.4
     duration_s: float = 720.0
     ready_delay_s: float = 60.0
     nodes_per_pool: int = 2
@@ -200,8 +202,11 @@ class Lab:
         self.work = config.out_dir / "work"
         self.docs, self.spec, profile_text = load_manifests(config.manifests)
         self.engine_configs = engine_configs(self.spec, profile_text)
-        self.targets = Targets(ttft_s=self.spec.slo.ttft_s,
-                               tpot_s=self.spec.slo.tpot_ms / 1000.0)
+        slo = self.spec.slo
+        # The SLO's percentiles; p90 for a target on the mean (as the replay does).
+        self.targets = Targets(ttft_s=slo.ttft_s, tpot_s=slo.tpot_ms / 1000.0,
+                               ttft_q=slo.ttft_percentile or 0.9,
+                               tpot_q=slo.tpot_percentile or 0.9)
         trace = read_trace(config.trace)
         self.arrivals: list[Arrival] = schedule(
             trace, speedup=config.speedup, rate_scale=config.rate_scale,
@@ -244,6 +249,11 @@ class Lab:
         self.cluster.kubectl("apply", "-n", NAMESPACE, "-f", "-",
                              input=yaml.safe_dump_all(docs))
         self.start_operator()
+
+    def _interval_s(self) -> float | None:
+        if self.config.operator_interval_s is not None:
+            return self.config.operator_interval_s
+        return self.spec.behavior.interval_s
 
     def _with_interval(self, doc: dict[str, Any]) -> dict[str, Any]:
         if doc.get("kind") != "PDDeployment":
@@ -409,9 +419,24 @@ class Lab:
 
     def report(self) -> LabResult:
         summary = summarize(self.records, self.samples, self.targets)
-        (self.out_dir / "summary.json").write_text(summary.to_json() + "\n")
+        c = self.config
+        record = {
+            "summary": summary.as_dict(),
+            "slo": {"ttft_s": self.targets.ttft_s, "ttft_percentile": self.targets.ttft_q,
+                    "tpot_ms": 1000 * self.targets.tpot_s,
+                    "tpot_percentile": self.targets.tpot_q},
+            "config": {"trace": c.trace.name, "speedup": c.speedup, "rate_scale": c.rate_scale,
+                       "duration_s": c.duration_s, "ready_delay_s": c.ready_delay_s,
+                       "nodes_per_pool": c.nodes_per_pool,
+                       "scrape_interval_s": c.scrape_interval_s,
+                       "interval_s": self._interval_s(), "router": self.router.policy},
+            "minutes": per_minute(self.records, self.targets),
+        }
+        (self.out_dir / "summary.json").write_text(
+            json.dumps(_clean(record), indent=1, allow_nan=False) + "\n")
         (self.out_dir / "summary.txt").write_text(summary.table() + "\n")
         write_records(self.out_dir, self.records, self.samples)
+        (self.out_dir / "schedule.csv").write_text(to_azure_csv(self.arrivals))
         plot: Path | None = self.out_dir / "timeline.png"
         try:
             assert plot is not None
@@ -423,6 +448,17 @@ class Lab:
                         "'pdscaler[plot]')")
             plot = None
         return LabResult(summary, self.out_dir, plot, self.records, self.samples)
+
+
+def _clean(value: Any) -> Any:
+    """JSON-ready: non-finite floats become null (strict JSON has no NaN or Infinity)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
 
 
 def run_lab(config: LabConfig) -> LabResult:

@@ -1,20 +1,23 @@
 """What a lab run measured: per-request latencies and a timeline, reduced to one summary.
 
-The summary has the fields of the closed-loop replay's (unit-suffixed names):
+The summary has the form and the field names of the closed-loop replay's
+(``pdscaler.replay``), so the two can be set side by side on one trace:
 
 * ``gpu_hours``: the integral of the GPUs held over the run, ``sum_k g_k (t_{k+1} - t_k) / 3600``
   with ``g_k`` the GPUs requested by the Pods bound to a node at sample ``k`` (a Pod holds its
-  GPU from scheduling, through its model load, until it is gone), held until the next sample;
-* ``slo_attainment_share``: requests whose TTFT <= target **and** TPOT <= target, over all
-  requests sent (a failed request misses; a one-token request has no TPOT and meets it);
-* ``windows_meeting_slo_share``: the share of 5-minute windows (by arrival time, from the start
-  of the load; a last partial window counts when it holds requests) whose p90 TTFT and p90 TPOT
-  both meet the targets;
-* ``violation_minutes``: minutes whose p90 TTFT or p90 TPOT misses its target;
+  GPU from scheduling, through its model load and its termination, until it is gone), held
+  until the next sample; ``mean_gpus`` is that over the run's span;
+* ``within_slo``: requests whose TTFT <= target **and** TPOT <= target, over all requests sent
+  (a failed request is outside; a one-token request has no TPOT and meets it);
+* ``windows_met``: the share of 5-minute windows (by arrival time, from the start of the load;
+  a last partial window counts when it holds requests) whose TTFT and TPOT quantiles at the
+  SLO's percentiles (p90 for a mean target) both meet the targets;
+* ``violation_minutes``: minutes (by arrival, with requests) whose quantiles miss a target;
 * ``scale_events``: changes of a role's desired replicas (Deployment ``spec.replicas``) seen in
-  the timeline, both roles together (``scale_events_by_role`` per role).
+  the timeline, per role.
 
-Percentiles are numpy's default (linear interpolation between order statistics).
+Quantiles are ``numpy.quantile(..., method="inverted_cdf")`` (an observed value, no
+interpolation) with failed requests counted as infinitely late, as in the replay.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import numpy as np
 ROLES = ("prefill", "decode")
 WINDOW_S = 300.0
 MINUTE_S = 60.0
+RATE_BIN_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -58,56 +62,89 @@ class Sample:
 
 @dataclass(frozen=True)
 class Targets:
+    """SLO targets and the percentiles (fractions) they apply to."""
+
     ttft_s: float
     tpot_s: float
+    ttft_q: float = 0.9
+    tpot_q: float = 0.9
 
 
 @dataclass
 class Summary:
-    duration_s: float
-    requests_total: int
-    requests_completed: int
-    requests_failed: int
+    requests: int
+    finished: int
+    failed: int
+    horizon_s: float
     gpu_hours: float
-    gpus_mean: float
-    slo_attainment_share: float
-    windows_meeting_slo_share: float
-    windows_total: int
+    mean_gpus: float
+    within_slo: float
+    windows_met: float
+    windows: int
     violation_minutes: int
-    minutes_total: int
-    scale_events: int
-    ttft_p90_s: float
-    tpot_p90_ms: float
-    ttft_target_s: float
-    tpot_target_ms: float
-    scale_events_by_role: dict[str, int] = field(default_factory=dict)
+    minutes: int
+    scale_events: dict[str, int]
+    ttft_q_s: float
+    tpot_q_ms: float
+    targets: Targets
     final_replicas: dict[str, int] = field(default_factory=dict)
 
+    def as_dict(self) -> dict[str, Any]:
+        """The replay's summary keys (``ttft_p90_s``, ``tpot_p90_ms`` at the SLO percentiles)
+        plus the lab's extras."""
+        t = self.targets
+        out: dict[str, Any] = {
+            "requests": self.requests, "finished": self.finished, "failed": self.failed,
+            "horizon_s": self.horizon_s, "gpu_hours": self.gpu_hours,
+            "mean_gpus": self.mean_gpus, "within_slo": self.within_slo,
+            "windows_met": self.windows_met, "windows": self.windows,
+            "violation_minutes": self.violation_minutes, "minutes": self.minutes,
+            "scale_events": dict(self.scale_events),
+            f"ttft_p{100 * t.ttft_q:g}_s": self.ttft_q_s,
+            f"tpot_p{100 * t.tpot_q:g}_ms": self.tpot_q_ms,
+            "final_replicas": dict(self.final_replicas),
+        }
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                for k, v in out.items()}
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
+        return json.dumps({"summary": self.as_dict(), "slo": asdict(self.targets)}, indent=2,
+                          sort_keys=True)
 
     def table(self) -> str:
+        t = self.targets
         rows = [
-            ("duration", f"{self.duration_s:.0f} s"),
-            ("requests sent / completed / failed",
-             f"{self.requests_total} / {self.requests_completed} / {self.requests_failed}"),
-            ("GPU-hours", f"{self.gpu_hours:.3f} (mean {self.gpus_mean:.1f} GPUs)"),
-            ("requests within both SLOs", f"{100 * self.slo_attainment_share:.1f} %"),
-            ("5-min windows meeting p90 TTFT and TPOT",
-             f"{100 * self.windows_meeting_slo_share:.1f} % of {self.windows_total}"),
-            ("violation minutes", f"{self.violation_minutes} of {self.minutes_total}"),
-            ("scale events", f"{self.scale_events} "
-             + ", ".join(f"{r} {n}" for r, n in sorted(self.scale_events_by_role.items()))),
-            ("p90 TTFT / target", f"{self.ttft_p90_s:.3f} s / {self.ttft_target_s:.3f} s"),
-            ("p90 TPOT / target", f"{self.tpot_p90_ms:.1f} ms / {self.tpot_target_ms:.1f} ms"),
+            ("duration", f"{self.horizon_s:.0f} s"),
+            ("requests sent / finished / failed",
+             f"{self.requests} / {self.finished} / {self.failed}"),
+            ("GPU-hours", f"{self.gpu_hours:.3f} (mean {self.mean_gpus:.1f} GPUs)"),
+            ("requests within both SLOs", f"{100 * self.within_slo:.1f} %"),
+            (f"5-min windows meeting p{100 * t.ttft_q:g} TTFT and p{100 * t.tpot_q:g} TPOT",
+             f"{100 * self.windows_met:.1f} % of {self.windows}"),
+            ("violation minutes", f"{self.violation_minutes} of {self.minutes}"),
+            ("scale events", ", ".join(f"{r} {n}" for r, n in self.scale_events.items())),
+            (f"p{100 * t.ttft_q:g} TTFT / target", f"{self.ttft_q_s:.3f} s / {t.ttft_s:.3f} s"),
+            (f"p{100 * t.tpot_q:g} TPOT / target",
+             f"{self.tpot_q_ms:.1f} ms / {1000 * t.tpot_s:.1f} ms"),
             ("final replicas", ", ".join(f"{r} {n}" for r, n in self.final_replicas.items())),
         ]
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
 
 
-def _p90(values: Sequence[float]) -> float:
-    return float(np.percentile(values, 90)) if values else math.nan
+def quantile(values: Sequence[float], q: float) -> float:
+    """``numpy.quantile`` with ``method="inverted_cdf"``; NaN for no values.
+
+    Examples
+    --------
+    >>> quantile([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0], 0.9)
+    9.0
+    >>> quantile([0.1] * 9 + [math.inf], 0.9), quantile([0.1] * 9 + [math.inf], 0.95)
+    (0.1, inf)
+    """
+    if not values:
+        return math.nan
+    return float(np.quantile(np.asarray(values, dtype=float), q, method="inverted_cdf"))
 
 
 def gpu_hours(samples: Sequence[Sample]) -> float:
@@ -125,12 +162,6 @@ def gpu_hours(samples: Sequence[Sample]) -> float:
     return total / 3600.0
 
 
-def _meets(ttfts: Sequence[float], tpots: Sequence[float], targets: Targets) -> bool:
-    ttft_ok = bool(ttfts) and _p90(ttfts) <= targets.ttft_s
-    tpot_ok = not tpots or _p90(tpots) <= targets.tpot_s
-    return ttft_ok and tpot_ok
-
-
 def _bins(records: Sequence[RequestRecord], width_s: float) -> dict[int, list[RequestRecord]]:
     bins: dict[int, list[RequestRecord]] = {}
     for r in records:
@@ -138,17 +169,37 @@ def _bins(records: Sequence[RequestRecord], width_s: float) -> dict[int, list[Re
     return bins
 
 
-def per_minute(records: Sequence[RequestRecord]) -> list[dict[str, float]]:
-    """Per minute of arrival: rate (req/s), p90 TTFT (s), p90 TPOT (s), failures."""
+def _late(r: RequestRecord) -> tuple[float, float]:
+    """(TTFT, TPOT) for the quantiles: a failed request is infinitely late; no TPOT is NaN."""
+    if not r.ok or r.ttft_s is None:
+        return math.inf, math.inf
+    return r.ttft_s, math.nan if r.tpot_s is None else r.tpot_s
+
+
+def _window_quantiles(group: Sequence[RequestRecord], targets: Targets) -> tuple[float, float]:
+    pairs = [_late(r) for r in group]
+    ttft = quantile([a for a, _ in pairs], targets.ttft_q)
+    tpot = quantile([b for _, b in pairs if not math.isnan(b)], targets.tpot_q)
+    return ttft, tpot
+
+
+def _met(group: Sequence[RequestRecord], targets: Targets) -> bool:
+    ttft, tpot = _window_quantiles(group, targets)
+    return ttft <= targets.ttft_s and (math.isnan(tpot) or tpot <= targets.tpot_s)
+
+
+def per_minute(records: Sequence[RequestRecord],
+               targets: Targets = Targets(math.inf, math.inf)) -> list[dict[str, float]]:
+    """Per minute of arrival: rate (req/s), TTFT and TPOT quantiles (s), failures."""
     out = []
     for k, group in sorted(_bins(records, MINUTE_S).items()):
-        done = [r for r in group if r.ok and r.ttft_s is not None]
+        ttft, tpot = _window_quantiles(group, targets)
         out.append({
             "t_s": k * MINUTE_S,
             "rate_per_s": len(group) / MINUTE_S,
-            "ttft_p90_s": _p90([r.ttft_s for r in done if r.ttft_s is not None]),
-            "tpot_p90_s": _p90([r.tpot_s for r in done if r.tpot_s is not None]),
-            "failed": float(len(group) - len(done)),
+            "ttft_q_s": ttft,
+            "tpot_q_s": tpot,
+            "failed": float(sum(1 for r in group if not r.ok or r.ttft_s is None)),
         })
     return out
 
@@ -163,20 +214,8 @@ def summarize(
         if r.ttft_s is not None and r.ttft_s <= targets.ttft_s
         and (r.tpot_s is None or r.tpot_s <= targets.tpot_s)
     ]
-
-    def bin_stats(width_s: float) -> tuple[int, int]:
-        met = total = 0
-        for group in _bins(records, width_s).values():
-            ok = [r for r in group if r.ok and r.ttft_s is not None]
-            total += 1
-            failed = len(ok) < len(group)
-            if not failed and _meets([r.ttft_s for r in ok if r.ttft_s is not None],
-                                     [r.tpot_s for r in ok if r.tpot_s is not None], targets):
-                met += 1
-        return met, total
-
-    windows_met, windows_total = bin_stats(WINDOW_S)
-    minutes_met, minutes_total = bin_stats(MINUTE_S)
+    windows = [_met(g, targets) for g in _bins(records, WINDOW_S).values()]
+    minutes = [_met(g, targets) for g in _bins(records, MINUTE_S).values()]
     events = {role: 0 for role in ROLES}
     for a, b in itertools.pairwise(samples):
         for role in ROLES:
@@ -184,24 +223,23 @@ def summarize(
                 events[role] += 1
     hours = gpu_hours(samples)
     span_s = samples[-1].t_s - samples[0].t_s if len(samples) > 1 else 0.0
+    pairs = [_late(r) for r in records]
     return Summary(
-        duration_s=span_s,
-        requests_total=len(records),
-        requests_completed=len(done),
-        requests_failed=len(records) - len(done),
+        requests=len(records),
+        finished=len(done),
+        failed=len(records) - len(done),
+        horizon_s=span_s,
         gpu_hours=hours,
-        gpus_mean=hours * 3600.0 / span_s if span_s > 0 else math.nan,
-        slo_attainment_share=len(within) / len(records) if records else math.nan,
-        windows_meeting_slo_share=windows_met / windows_total if windows_total else math.nan,
-        windows_total=windows_total,
-        violation_minutes=minutes_total - minutes_met,
-        minutes_total=minutes_total,
-        scale_events=sum(events.values()),
-        scale_events_by_role=events,
-        ttft_p90_s=_p90([r.ttft_s for r in done if r.ttft_s is not None]),
-        tpot_p90_ms=1000.0 * _p90([r.tpot_s for r in done if r.tpot_s is not None]),
-        ttft_target_s=targets.ttft_s,
-        tpot_target_ms=1000.0 * targets.tpot_s,
+        mean_gpus=hours * 3600.0 / span_s if span_s > 0 else math.nan,
+        within_slo=len(within) / len(records) if records else math.nan,
+        windows_met=sum(windows) / len(windows) if windows else math.nan,
+        windows=len(windows),
+        violation_minutes=sum(1 for m in minutes if not m),
+        minutes=len(minutes),
+        scale_events=events,
+        ttft_q_s=quantile([a for a, _ in pairs], targets.ttft_q),
+        tpot_q_ms=1000.0 * quantile([b for _, b in pairs if not math.isnan(b)], targets.tpot_q),
+        targets=targets,
         final_replicas=dict(samples[-1].desired) if samples else {},
     )
 
@@ -223,18 +261,26 @@ def plot_timeline(
     path: Path, records: Sequence[RequestRecord], samples: Sequence[Sample], targets: Targets,
     title: str = "pdscaler lab",
 ) -> None:
-    """Four panels over the run's minutes: arrival rate; replicas per role, ready (solid) and
-    desired (dashed); p90 TTFT and p90 TPOT per minute against their targets; GPUs held."""
+    """Five panels over the run: arrival rate; replicas per role, ready (solid) and desired
+    (dashed); TTFT and TPOT quantiles per minute against their targets; GPUs held."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    minutes = per_minute(records)
+    minutes = per_minute(records, targets)
     fig, axes = plt.subplots(5, 1, figsize=(10, 12), sharex=True)
-    t_min = [m["t_s"] / 60 for m in minutes]
-    axes[0].step(t_min, [m["rate_per_s"] for m in minutes], where="post", color="black")
+    t_min = [m["t_s"] / 60 + 0.5 for m in minutes]  # each minute's point at its middle
+    fine = _bins(records, RATE_BIN_S)
+    if fine:
+        ks = range(min(fine), max(fine) + 1)
+        axes[0].step([k * RATE_BIN_S / 60 for k in ks],
+                     [len(fine.get(k, [])) / RATE_BIN_S for k in ks], where="post",
+                     color="black", label=f"per {RATE_BIN_S:.0f} s")
+    axes[0].plot(t_min, [m["rate_per_s"] for m in minutes], marker="o", color="gray",
+                 label="per minute")
     axes[0].set_ylabel("arrivals (req/s)")
+    axes[0].legend(loc="upper left", fontsize=8)
     st = [s.t_s / 60 for s in samples]
     colors = {"prefill": "tab:blue", "decode": "tab:orange"}
     for role in ROLES:
@@ -244,12 +290,13 @@ def plot_timeline(
                      color=colors[role], linestyle="--", label=f"{role} desired")
     axes[1].set_ylabel("replicas")
     axes[1].legend(loc="upper left", fontsize=8, ncol=2)
-    axes[2].plot(t_min, [m["ttft_p90_s"] for m in minutes], marker="o", label="p90 TTFT")
+    axes[2].plot(t_min, [m["ttft_q_s"] for m in minutes], marker="o",
+                 label=f"p{100 * targets.ttft_q:g} TTFT per minute")
     axes[2].axhline(targets.ttft_s, color="red", linestyle=":", label="target")
     axes[2].set_ylabel("TTFT (s)")
     axes[2].legend(loc="upper left", fontsize=8)
-    axes[3].plot(t_min, [1000 * m["tpot_p90_s"] for m in minutes], marker="o",
-                 label="p90 TPOT")
+    axes[3].plot(t_min, [1000 * m["tpot_q_s"] for m in minutes], marker="o",
+                 label=f"p{100 * targets.tpot_q:g} TPOT per minute")
     axes[3].axhline(1000 * targets.tpot_s, color="red", linestyle=":", label="target")
     axes[3].set_ylabel("TPOT (ms)")
     axes[3].legend(loc="upper left", fontsize=8)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -87,3 +88,22 @@ def schedule(
             ))
     out.sort(key=lambda a: a.at_s)
     return out
+
+
+def to_azure_csv(arrivals: list[Arrival]) -> str:
+    """The schedule as an Azure-format trace (from 2024-01-01 00:00 UTC), so that another tool
+    (the closed-loop replay, ``pdscaler simulate``) can run the very arrivals the lab sent.
+
+    Examples
+    --------
+    >>> print(to_azure_csv([Arrival(0.0, 10, 2), Arrival(1.5, 20, 3)]), end="")
+    TIMESTAMP,ContextTokens,GeneratedTokens
+    2024-01-01 00:00:00.000000,10,2
+    2024-01-01 00:00:01.500000,20,3
+    """
+    origin = datetime(2024, 1, 1, tzinfo=UTC)
+    rows = ["TIMESTAMP,ContextTokens,GeneratedTokens"]
+    for a in arrivals:
+        stamp = (origin + timedelta(seconds=a.at_s)).strftime("%Y-%m-%d %H:%M:%S.%f")
+        rows.append(f"{stamp},{a.input_tokens},{a.output_tokens}")
+    return "\n".join(rows) + "\n"
