@@ -9,7 +9,8 @@ One run, on loopback, under ``<out>/work``:
    rewritten whenever an engine starts or stops, with the labels a PodMonitor gives (``pod``,
    ``namespace``, ``job``) plus ``role``;
 3. the CRD and ``deploy/examples/lab.yaml`` (two Deployments, the profile, a PDDeployment in
-   Auto) in namespace ``lab``; the operator (``pdscaler operator run``) as a subprocess;
+   Auto) in namespace ``lab``, the PDDeployment only when the load starts; the operator
+   (``pdscaler operator run``) as a subprocess;
 4. a pod watcher (polls the Pods every second): a Ready Pod gets a vLLM stand-in engine timed by
    the same profile; a Pod that is deleted or no longer Ready drains and its engine stops;
 5. the load: the trace's arrivals (rate-scaled, time-compressed) through the P/D router;
@@ -243,12 +244,20 @@ class Lab:
                              "crd/pddeployments.pdscaler.io")
         self.cluster.kubectl("create", "namespace", NAMESPACE)
         self.cluster.wait_for_default_service_account(NAMESPACE)
-        docs = self.docs
+        # Everything but the PDDeployment now; it is created when the load starts, so that
+        # the operator's first recommendations do not come from the idle warm-up (they would
+        # scale the initial replicas down before the first request).
+        others = [d for d in self.docs if d.get("kind") != "PDDeployment"]
+        self.cluster.kubectl("apply", "-n", NAMESPACE, "-f", "-",
+                             input=yaml.safe_dump_all(others))
+        self.start_operator()
+
+    def create_pddeployment(self) -> None:
+        docs = [d for d in self.docs if d.get("kind") == "PDDeployment"]
         if self.config.operator_interval_s is not None:
             docs = [self._with_interval(d) for d in docs]
         self.cluster.kubectl("apply", "-n", NAMESPACE, "-f", "-",
                              input=yaml.safe_dump_all(docs))
-        self.start_operator()
 
     def _interval_s(self) -> float | None:
         if self.config.operator_interval_s is not None:
@@ -396,6 +405,7 @@ class Lab:
         try:
             log.info("waiting for the first Ready prefill and decode Pods")
             await self.wait_for_engines(self.config.ready_delay_s + 180.0)
+            await asyncio.to_thread(self.create_pddeployment)
             self.samples.clear()
             self.t0_mono_s = time.monotonic()
             await self.sample()
