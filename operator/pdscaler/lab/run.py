@@ -9,7 +9,8 @@ One run, on loopback, under ``<out>/work``:
    rewritten whenever an engine starts or stops, with the labels a PodMonitor gives (``pod``,
    ``namespace``, ``job``) plus ``role``;
 3. the CRD and ``deploy/examples/lab.yaml`` (two Deployments, the profile, a PDDeployment in
-   Auto) in namespace ``lab``, the PDDeployment only when the load starts; the operator
+   Auto) in namespace ``lab``, the PDDeployment one metrics window (``windowS``) after the
+   load starts, as the closed-loop replay first decides; the operator
    (``pdscaler operator run``) as a subprocess;
 4. a pod watcher (polls the Pods every second): a Ready Pod gets a vLLM stand-in engine timed by
    the same profile; a Pod that is deleted or no longer Ready drains and its engine stops;
@@ -244,13 +245,18 @@ class Lab:
                              "crd/pddeployments.pdscaler.io")
         self.cluster.kubectl("create", "namespace", NAMESPACE)
         self.cluster.wait_for_default_service_account(NAMESPACE)
-        # Everything but the PDDeployment now; it is created when the load starts, so that
-        # the operator's first recommendations do not come from the idle warm-up (they would
-        # scale the initial replicas down before the first request).
+        # Everything but the PDDeployment now; it is created once the load has run for a
+        # metrics window (see main), so that the operator's first recommendations do not come
+        # from the idle warm-up (they would scale the initial replicas down).
         others = [d for d in self.docs if d.get("kind") != "PDDeployment"]
         self.cluster.kubectl("apply", "-n", NAMESPACE, "-f", "-",
                              input=yaml.safe_dump_all(others))
         self.start_operator()
+
+    async def _create_pddeployment_after(self, delay_s: float) -> None:
+        await asyncio.sleep(delay_s)
+        log.info("creating the PDDeployment (%.0f s of load seen)", delay_s)
+        await asyncio.to_thread(self.create_pddeployment)
 
     def create_pddeployment(self) -> None:
         docs = [d for d in self.docs if d.get("kind") == "PDDeployment"]
@@ -405,14 +411,19 @@ class Lab:
         try:
             log.info("waiting for the first Ready prefill and decode Pods")
             await self.wait_for_engines(self.config.ready_delay_s + 180.0)
-            await asyncio.to_thread(self.create_pddeployment)
             self.samples.clear()
             self.t0_mono_s = time.monotonic()
+            # The PDDeployment is created one metrics window after the load starts: the
+            # operator's first decision then sees a full window of series (the closed-loop
+            # replay's warm-up), not the idle warm-up or a window only seconds long.
+            warmup_s = self.spec.workload.prometheus.window_s
+            create = asyncio.create_task(self._create_pddeployment_after(warmup_s))
             await self.sample()
             log.info("replaying %d requests over %.0f s", len(self.arrivals),
                      self.arrivals[-1].at_s)
             await self.load()
             await self.sample()
+            await create
         finally:
             stop.set()
             await watcher
