@@ -1,7 +1,7 @@
 """A short ``pdscaler lab`` run: the whole loop on a real control plane, Prometheus and operator.
 
 The trace is synthetic (written here, so the test does not need ``../shared``): Poisson
-arrivals of 1000-token prompts and 100-token outputs, 4 req/s for 60 s then 14 req/s for 90 s.
+arrivals of 1000-token prompts and 100-token outputs, 4 req/s for 60 s then 14 req/s for 120 s.
 With the lab profile (``deploy/examples/lab.yaml``: prefill saturates at about 4000 prompt
 tokens/s per replica), 14 req/s is 14000 prompt tokens/s, so at least ceil(14000 / 4000) = 4
 prefill replicas are needed for a utilization below 1: the operator must scale up from 3.
@@ -22,7 +22,7 @@ from pdscaler.lab.run import NAMESPACE, Lab, LabConfig
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
 
-PHASES = ((4.0, 60.0), (14.0, 90.0))  # (rate per s, seconds)
+PHASES = ((4.0, 60.0), (14.0, 120.0))  # (rate per s, seconds)
 INPUT_TOKENS = 1000
 OUTPUT_TOKENS = 100
 
