@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from pdscaler.lab.summary import (
     per_minute,
     summarize,
 )
-from pdscaler.lab.workload import schedule
+from pdscaler.lab.workload import read_trace, schedule, to_azure_csv
 
 from planner import Trace
 
@@ -131,3 +132,18 @@ def test_a_window_meeting_both_targets_counts() -> None:
     assert (s.windows_met, s.violation_minutes, s.scale_events) == (1.0, 0, {"prefill": 0,
                                                                               "decode": 0})
     assert s.within_slo == 1.0
+
+
+def test_both_trace_formats_are_read_and_the_schedule_round_trips(tmp_path: Path) -> None:
+    jsonl = tmp_path / "t.jsonl"
+    jsonl.write_text('{"timestamp": 1000, "input_length": 300, "output_length": 20}\n'
+                     '{"timestamp": 3500, "input_length": 700, "output_length": 40}\n')
+    arrivals = schedule(read_trace(jsonl), speedup=0.5)
+    assert [(a.at_s, a.input_tokens) for a in arrivals] == [(0.0, 300), (5.0, 700)]
+    csv = tmp_path / "t.csv"
+    csv.write_text(to_azure_csv(arrivals))
+    again = schedule(read_trace(csv))
+    assert [(a.at_s, a.input_tokens, a.output_tokens) for a in again] == [
+        (0.0, 300, 20), (5.0, 700, 40)]
+    with pytest.raises(ValueError, match="--trace"):
+        read_trace(tmp_path / "missing.csv")

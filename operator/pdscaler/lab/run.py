@@ -434,6 +434,10 @@ class Lab:
         try:
             self.start_infrastructure()
             asyncio.run(self.main())
+        except Exception as exc:
+            if type(exc).__name__ == "ComponentError":  # tests.components: a binary is missing
+                raise ValueError(f"{exc} (`make components` installs them)") from exc
+            raise
         finally:
             self.stop()
         return self.report()
