@@ -55,5 +55,12 @@ image:
 bench: venv
 	$(BIN)/python benchmarks/plan_speed.py
 
+## Mutation testing (slow, not part of CI): writes docs/mutation.md. Narrow or widen it with
+## e.g. MUTATION_ARGS="--sample 0 --jobs 2 planner/models.py" (docs/mutation.md says how).
+MUTATION_ARGS ?= --sample 100 --jobs 2
+.PHONY: mutation
+mutation: venv
+	$(BIN)/python scripts/mutation.py $(MUTATION_ARGS)
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

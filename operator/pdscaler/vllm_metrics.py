@@ -30,6 +30,7 @@ from typing import Literal
 
 from planner import LengthDistribution, Workload
 from planner.common import ROLES, Role
+from planner.online import DispersionEstimate, DispersionPolicy, dispersion_from_moments
 
 QueryFn = Callable[[str], Sequence[tuple[Mapping[str, str], float]]]
 TAG = "pdscaler_q"
@@ -165,6 +166,24 @@ class RoleQuery:
     window_s: float
     ttft_percentile: float | None = None
     tpot_percentile: float | None = None
+    dispersion_sub_window_s: float | None = None
+    """Sub-window of the arrival counts for the index of dispersion (prefill; None: not read)."""
+
+
+COVERAGE_MIN = 0.9
+"""Least share of a full window's samples a series must have in the rate window (one sample
+of slack): below it the rates understate the load."""
+REFERENCE_WINDOWS = 5
+"""A full window's sample count is the most any of the last this many windows held."""
+
+
+def shorten(text: str, limit: int = 200) -> str:
+    """``text`` cut to ``limit`` characters, an ellipsis marking the cut.
+
+    >>> shorten("abcdef", 4)
+    'abc…'
+    """
+    return text if len(text) <= limit else text[: max(limit - 1, 0)] + "…"
 
 
 def _tag(expr: str, tag: str) -> str:
@@ -190,6 +209,15 @@ def role_expressions(q: RoleQuery) -> list[tuple[str, str]]:
         add("running", f"sum({running}{{{sel}}})")
         add("instances", f"count({running}{{{sel}}})")
         add("age_s", f"time() - max(timestamp({running}{{{sel}}}))")
+        # Coverage of the window: samples now against the most a window held recently (plus
+        # one of slack), and series with no sample in the window before (new, or back after a
+        # gap). A rate() over a partly covered window understates the load.
+        series = f"{running}{{{sel}}}"
+        reference = _window(q.window_s * REFERENCE_WINDOWS)
+        add("coverage", f"min((count_over_time({series}[{w}]) + 1) / "
+                        f"max_over_time(count_over_time({series}[{w}])[{reference}:{w}]))")
+        add("new_series", f"count(count_over_time({series}[{w}]) unless "
+                          f"count_over_time({series}[{w}] offset {w}))")
     if "waiting" in names:
         waiting = names["waiting"]
         add("waiting", f"sum({waiting}{{{sel}}})")
@@ -198,6 +226,10 @@ def role_expressions(q: RoleQuery) -> list[tuple[str, str]]:
         add("kv_cache", f"avg({names['kv_cache']}{{{sel}}})")
     if "requests" in names:
         add("rate_per_s", f"sum(rate({names['requests']}{{{sel}}}[{w}]))")
+        if q.role == "prefill" and q.dispersion_sub_window_s is not None:
+            for tag, expr in dispersion_expressions(names["requests"], sel, q.window_s,
+                                                    q.dispersion_sub_window_s):
+                add(tag, expr)
     lengths = "prompt_tokens" if q.role == "prefill" else "generation_tokens"
     if lengths in names:
         base = names[lengths]
@@ -221,6 +253,34 @@ def role_expressions(q: RoleQuery) -> list[tuple[str, str]]:
     return out
 
 
+def dispersion_expressions(counter: str, sel: str, window_s: float, sub_window_s: float
+                           ) -> list[tuple[str, str]]:
+    """``(tag, PromQL)`` for the moments of the arrival counts per sub-window.
+
+    The count in the sub-window ending at ``t`` is the counter's exact difference
+    ``c(t) - c(t - s)`` per series (no ``increase()`` extrapolation, which would scale a count
+    by the sub-window over the time between the samples it saw; a counter reset gives 0),
+    summed over the role's servers, evaluated every ``s`` over the window by a subquery: mean
+    (``avg_over_time``), population variance (``stdvar_over_time``) and the number of
+    sub-windows (``count_over_time``). The scrape interval (the window over the fewest samples
+    of a series) must not exceed ``s``.
+
+    Examples
+    --------
+    >>> dict(dispersion_expressions("req", 'job="p"', 300, 10))["disp_n"]
+    'count_over_time((sum(clamp_min(req{job="p"} - req{job="p"} offset 10s, 0)))[300s:10s])'
+    """
+    s, w = _window(sub_window_s), _window(window_s)
+    counts = f"sum(clamp_min({counter}{{{sel}}} - {counter}{{{sel}}} offset {s}, 0))"
+    return [
+        ("disp_mean", f"avg_over_time(({counts})[{w}:{s}])"),
+        ("disp_var", f"stdvar_over_time(({counts})[{w}:{s}])"),
+        ("disp_n", f"count_over_time(({counts})[{w}:{s}])"),
+        ("scrape_interval_s",
+         f"{max(round(window_s), 1)} / min(count_over_time({counter}{{{sel}}}[{w}]))"),
+    ]
+
+
 def combined_query(queries: Sequence[RoleQuery]) -> str:
     """All roles' expressions in one PromQL query, each tagged with label ``pdscaler_q``."""
     parts = [_tag(expr, tag) for q in queries for tag, expr in role_expressions(q)]
@@ -233,6 +293,10 @@ class RoleMetrics:
 
     instances: int | None = None
     age_s: float | None = None
+    coverage: float | None = None
+    """Least share (one sample of slack) of a full window's samples of a ``running`` series."""
+    new_series: int | None = None
+    """``running`` series with no sample in the window before this one."""
     running: float | None = None
     waiting: float | None = None
     queue_growth_per_s: float | None = None
@@ -245,6 +309,14 @@ class RoleMetrics:
     ttft_q_s: float | None = None
     tpot_mean_s: float | None = None
     tpot_q_s: float | None = None
+    disp_mean: float | None = None
+    """Mean arrivals per dispersion sub-window."""
+    disp_var: float | None = None
+    """Population variance of the arrivals per sub-window."""
+    disp_n: float | None = None
+    """Number of sub-windows."""
+    scrape_interval_s: float | None = None
+    """Longest scrape interval of the request counter over the window."""
 
     @property
     def length_mean(self) -> float | None:
@@ -266,6 +338,11 @@ class Observation:
     metric_names: dict[str, str] = field(default_factory=dict)
     idle: bool = False
     """Fresh series report no arrivals at all in the window (rate 0)."""
+    dispersion: DispersionEstimate | None = None
+    """Measured index of dispersion of arrivals (``None``: not asked for)."""
+    doubtful: tuple[str, ...] = ()
+    """Why the rates may understate the load: a series covers only part of the window (it
+    appeared, or came back after a gap, inside it). Enough to scale up on, not to scale in."""
 
     @property
     def available(self) -> bool:
@@ -303,6 +380,8 @@ def parse_role(
     metrics = RoleMetrics(
         instances=int(instances) if instances is not None else None,
         age_s=scalars.get("age_s"),
+        coverage=scalars.get("coverage"),
+        new_series=int(scalars["new_series"] or 0) if scalars.get("new_series") else None,
         running=scalars.get("running"),
         waiting=scalars.get("waiting"),
         queue_growth_per_s=scalars.get("queue_growth_per_s"),
@@ -315,6 +394,10 @@ def parse_role(
         ttft_q_s=scalars.get("ttft_q"),
         tpot_mean_s=scalars.get("tpot_mean"),
         tpot_q_s=scalars.get("tpot_q"),
+        disp_mean=scalars.get("disp_mean"),
+        disp_var=scalars.get("disp_var"),
+        disp_n=scalars.get("disp_n"),
+        scrape_interval_s=scalars.get("scrape_interval_s"),
     )
     return metrics, nan_tags
 
@@ -396,12 +479,22 @@ def build_observation(
     """Turn the combined query's answer into per-role metrics and, if complete, a workload.
 
     Required: for both roles a fresh ``running`` gauge (newest sample at most ``max_age_s``
-    old); on prefill the request rate and prompt lengths; on decode the output lengths. Each
-    missing, stale or NaN one is named in :attr:`Observation.missing`.
+    old, not NaN); on prefill the request rate and prompt lengths; on decode the output
+    lengths. Each missing, stale or NaN one is named in :attr:`Observation.missing`.
+
+    Coverage: a ``rate()`` over a window whose samples start inside it (a failed scrape, a
+    stopped Prometheus, a new replica) divides a partial increase by the whole window and
+    understates the load. The scrape interval is not known here, so a full window's sample count
+    is taken from the data: the most any of the last :data:`REFERENCE_WINDOWS` windows held. A
+    role is named in :attr:`Observation.doubtful` (the numbers are then a lower bound on the
+    load) when a ``running`` series has fewer than :data:`COVERAGE_MIN` of that count (with one
+    sample of slack), or had no sample in the window before this one (it is new, or back after
+    a gap longer than the window).
     """
     by_role = {q.role: q for q in queries}
     metrics: dict[Role, RoleMetrics] = {}
     missing: list[str] = []
+    doubtful: list[str] = []
     names: dict[str, str] = {}
     for role in ROLES:
         query = by_role[role]
@@ -418,6 +511,19 @@ def build_observation(
             checks.append(("running", age is not None and age <= max_age_s,
                            f"stale: newest sample {age:.0f} s old" if age is not None
                            else "stale"))
+            checks.append(("running", "running" not in nan_tags, "NaN"))
+            series = f"{query.names['running']}{{{shorten(query.selector)}}}"
+            coverage = role_metrics.coverage
+            if coverage is not None and coverage < COVERAGE_MIN:
+                doubtful.append(
+                    f"{role}: {series} has {min(coverage, 1.0):.0%} of the samples of a full "
+                    f"{query.window_s:g} s window"
+                )
+            if role_metrics.new_series:
+                doubtful.append(
+                    f"{role}: {role_metrics.new_series} {series} series had no sample in the "
+                    f"{query.window_s:g} s before the window"
+                )
         if role == "prefill":
             checks.append(("requests", role_metrics.rate_per_s is not None,
                            "NaN" if "rate_per_s" in nan_tags else "no series"))
@@ -431,7 +537,7 @@ def build_observation(
         for key, ok, what in checks:
             if not ok:
                 name = query.names.get(key) or "|".join(CATALOGUE[key].names)
-                missing.append(f"{role}: {name}{{{query.selector}}} ({what})")
+                missing.append(f"{role}: {name}{{{shorten(query.selector)}}} ({what})")
     prefill, decode = metrics["prefill"], metrics["decode"]
     rate: float | None = None
     if prefill.rate_per_s is not None:
@@ -451,6 +557,7 @@ def build_observation(
                 input_tokens=inputs or LengthDistribution.constant(in_mean),
                 output_tokens=outputs or LengthDistribution.constant(out_mean),
             )
+    sub_window_s = by_role["prefill"].dispersion_sub_window_s
     return Observation(
         prefill=prefill,
         decode=decode,
@@ -459,7 +566,37 @@ def build_observation(
         missing=tuple(missing),
         metric_names=names,
         idle=idle,
+        dispersion=measured_dispersion(prefill, sub_window_s) if sub_window_s else None,
+        doubtful=tuple(doubtful) if not missing else (),
     )
+
+
+DISPERSION_POLICY = DispersionPolicy()
+"""At least 10 sub-windows and 20 arrivals; bounded to [0.5, 100]."""
+
+
+def measured_dispersion(metrics: RoleMetrics, sub_window_s: float,
+                        policy: DispersionPolicy = DISPERSION_POLICY) -> DispersionEstimate:
+    """The index of dispersion of the prefill role's arrivals from the subquery moments
+    (:func:`planner.online.dispersion_from_moments`), refused when the counter is scraped
+    less often than once per sub-window (counts would bunch into some sub-windows).
+
+    Examples
+    --------
+    >>> measured_dispersion(RoleMetrics(disp_mean=5.0, disp_var=9.6, disp_n=25,
+    ...                                 scrape_interval_s=5.0), 10.0).value   # 9.6*25/24/5
+    2.0
+    >>> measured_dispersion(RoleMetrics(disp_mean=5.0, disp_var=9.6, disp_n=25,
+    ...                                 scrape_interval_s=15.0), 10.0).reason
+    'scrape interval 15 s is longer than the 10 s sub-window'
+    """
+    n = int(metrics.disp_n) if metrics.disp_n is not None else 0
+    scrape = metrics.scrape_interval_s
+    if scrape is not None and scrape > 1.05 * sub_window_s:
+        return DispersionEstimate(
+            None, n, f"scrape interval {scrape:.0f} s is longer than the {sub_window_s:g} s "
+            "sub-window")
+    return dispersion_from_moments(metrics.disp_mean, metrics.disp_var, metrics.disp_n, policy)
 
 
 class MetricNameCache:
@@ -495,6 +632,7 @@ def read_observation(
     now_s: float,
     ttft_percentile: float | None = None,
     tpot_percentile: float | None = None,
+    dispersion_sub_window_s: float | None = None,
 ) -> Observation:
     """Discover the series names (cached), run the combined query, build the observation.
 
@@ -521,6 +659,7 @@ def read_observation(
                 window_s=window_s,
                 ttft_percentile=ttft_percentile,
                 tpot_percentile=tpot_percentile,
+                dispersion_sub_window_s=dispersion_sub_window_s,
             )
         )
     text = combined_query(queries)
@@ -543,9 +682,12 @@ __all__ = [
     "choose_names",
     "combined_query",
     "discovery_query",
+    "dispersion_expressions",
     "distribution_from_histogram",
     "escape_label_value",
+    "measured_dispersion",
     "read_observation",
     "role_expressions",
     "selector",
+    "shorten",
 ]

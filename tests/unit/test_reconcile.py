@@ -108,6 +108,10 @@ class FakeKube:
         return PoolCapacity(selector="", nodes=1, schedulable_nodes=1,
                             allocatable=float(self.free), requested=0.0)
 
+    def list_objects(self, group: str, version: str, plural: str, namespace: str
+                     ) -> list[dict[str, Any]]:
+        return []
+
     def post_event(self, involved: Mapping[str, Any], event_type: str, reason: str,
                    message: str, now_iso: str) -> None:
         self.events.append((event_type, reason, message))
@@ -379,10 +383,17 @@ def test_restart_resumes_the_stabilization_window_from_status() -> None:
     assert restarted.status is not None
     assert restarted.status["prefill"]["plannedReplicas"] < 3
     assert restarted.status["prefill"]["heldBy"] == "stabilization"
-    # Without the stored history it would have scaled in at once.
+    # The window runs from the stored samples, not from the restart: the 3-replica sample held
+    # until the low one (60 s), so 600 s after that the scale-in goes through.
+    clock.now += 601
+    later = reconcile(body(spec, restarted.status),
+                      runtime(kube, clock, fake_prometheus(tagged(**low))))
+    assert later.status is not None and kube.scaled
+    # A new object (no history at all) counts its current size as a recommendation made now:
+    # it does not scale in at first sight either.
     fresh = FakeKube({"p": 3, "d": 4})
     reconcile(body(spec), runtime(fresh, clock, fake_prometheus(tagged(**low))))
-    assert fresh.scaled
+    assert fresh.scaled == []
 
 
 def _as_server_writes(value: Any) -> Any:

@@ -24,7 +24,7 @@ from pydantic.alias_generators import to_camel
 
 from planner import ModelChoice
 from planner.common import ROLES, Role, replica_bounds_problem, validation_message
-from planner.models import DecodeModelName, PrefillModelName
+from planner.models import DEFAULT_ROUTER, DecodeModelName, PrefillModelName, Router
 
 GROUP = "pdscaler.io"
 VERSION = "v1alpha1"
@@ -41,6 +41,10 @@ PROM_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 K8S_NAME = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 K8S_LABEL_KEY = r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
 MAX_LABELS = 16
+MAX_MATCHER_VALUE = 1024
+"""Longest Prometheus matcher value (a label value or a regular expression), characters."""
+MAX_NODE_LABEL_VALUE = 63
+"""Longest Kubernetes label value."""
 MAX_HISTORY = 50
 _DEFAULT_MODELS = ModelChoice()
 
@@ -100,6 +104,7 @@ def _label_map_rule(field: str) -> dict[str, Any]:
     return {
         "default": {},
         "maxProperties": MAX_LABELS,
+        "additionalProperties": {"type": "string", "maxLength": MAX_MATCHER_VALUE},
         "x-kubernetes-validations": [
             {
                 "rule": "self.all(k, k.matches('^[a-zA-Z_][a-zA-Z0-9_]*$'))",
@@ -186,6 +191,8 @@ class NodePool(CrdModel):
         min_length=1,
         max_length=MAX_LABELS,
         description="Node labels selecting the pool (all must match).",
+        json_schema_extra={"additionalProperties": {
+            "type": "string", "maxLength": MAX_NODE_LABEL_VALUE}},
     )
     gpu_resource_name: str = Field(
         default="nvidia.com/gpu",
@@ -197,9 +204,12 @@ class NodePool(CrdModel):
     @field_validator("match_labels")
     @classmethod
     def _keys(cls, value: dict[str, str]) -> dict[str, str]:
-        for key in value:
+        for key, text in value.items():
             if not re.match(K8S_LABEL_KEY, key):
-                raise ValueError(f"matchLabels: {key!r} is not a valid label key")
+                raise ValueError(f"matchLabels: {key[:100]!r} is not a valid label key")
+            if len(text) > MAX_NODE_LABEL_VALUE:
+                raise ValueError(f"matchLabels: the value of {key!r} is longer than "
+                                 f"{MAX_NODE_LABEL_VALUE} characters")
         return value
 
 
@@ -232,9 +242,13 @@ class MetricSelector(CrdModel):
     def _label_names(cls, value: dict[str, str]) -> dict[str, str]:
         if len(value) > MAX_LABELS:
             raise ValueError(f"at most {MAX_LABELS} matchers")
-        for key in value:
+        for key, text in value.items():
             if not PROM_LABEL_NAME.match(key):
-                raise ValueError(f"{key!r} is not a Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*)")
+                raise ValueError(
+                    f"{key[:100]!r} is not a Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*)")
+            if len(text) > MAX_MATCHER_VALUE:
+                raise ValueError(f"the value of {key!r} is longer than {MAX_MATCHER_VALUE} "
+                                 "characters")
         return value
 
 
@@ -325,6 +339,15 @@ class PrometheusSource(CrdModel):
         le=3600,
         description="Series whose newest sample is older than this are treated as missing, "
         "seconds.",
+    )
+    dispersion_sub_window_s: float = Field(
+        default=30.0,
+        ge=1,
+        le=600,
+        description="Sub-window of the arrival counts whose variance over mean is the measured "
+        "arrival dispersion, seconds. It must be at least the scrape interval (the estimate is "
+        "refused otherwise): 30 s works with the common 15 s and 30 s scrapes. Longer "
+        "sub-windows also see slower swings and give a larger, more cautious index.",
     )
 
 
@@ -431,6 +454,13 @@ class Behavior(CrdModel):
         lt=1,
         description="Changes of at most tolerance x current replicas are not made.",
     )
+    startup_delay_s: float = Field(
+        default=180.0,
+        ge=0,
+        le=7200,
+        description="Seconds from a scale-up to a new replica serving (image, weights, "
+        "warm-up): how far ahead planner.forecast looks.",
+    )
 
 
 class BudgetSpec(CrdModel):
@@ -469,15 +499,41 @@ class PlannerSpec(CrdModel):
         default=_DEFAULT_MODELS.decode,
         description="TPOT model of the decode pool (README, planner/models.py).",
     )
-    arrival_dispersion: float = Field(
-        default=1.0,
+    arrival_dispersion: float | None = Field(
+        default=None,
         gt=0,
         le=1000,
-        description="Index of dispersion of arrivals (variance over mean of arrivals per 10 s): "
-        "1 for Poisson traffic, above 1 for bursty traffic (used by the ggc prefill model).",
+        description="Override of the index of dispersion of arrivals (variance over mean of "
+        "arrivals per sub-window): 1 for Poisson traffic, above 1 for bursty traffic (used by "
+        "the ggc prefill model). Absent: measured from Prometheus (1 when not enough data, or "
+        "for a Static workload).",
     )
-    router: Literal["least-loaded", "random"] = Field(
-        default="least-loaded", description="How requests are spread over the instances."
+    online_calibration: bool = Field(
+        default=True,
+        description="Learn per-role correction factors of the profile (observed over predicted "
+        "latency at the current replicas) and size with the corrected profile.",
+    )
+    forecast: Literal["none", "trend", "seasonal"] = Field(
+        default="trend",
+        description="Plan for the rate expected when a new replica is ready "
+        "(behavior.startupDelayS ahead): none (the current rate), trend (Theil-Sen line of the "
+        "recent rates), seasonal (the same time one forecastPeriodS ago, scaled by the level). "
+        "Never below the current rate, at most twice it.",
+    )
+    forecast_period_s: float = Field(
+        default=86_400.0,
+        ge=600,
+        le=604_800,
+        description="Period of the seasonal forecast, seconds (a day by default).",
+    )
+    router: Router = Field(
+        default=DEFAULT_ROUTER,
+        description="How requests are spread over the instances of each pool. random (default): "
+        "what a plain Kubernetes Service gives (kube-proxy picks a backend at random), each "
+        "instance its own queue; round-robin: each instance gets every n-th request; "
+        "least-loaded: a queue-aware router (llm-d, Dynamo) that pools the instances into one "
+        "queue. Declare least-loaded only when such a router is in front: independent queues "
+        "wait far longer at the same load.",
     )
     rounding: Literal["ceil", "nearest", "floor"] = Field(
         default="ceil", description="Rounding of fractional replica counts (paper models)."
@@ -595,6 +651,46 @@ class RecommendationSample(StatusModel):
     replicas: int = Field(ge=0, description="Recommended replicas.")
 
 
+class FactorSampleStatus(StatusModel):
+    """One online-calibration sample: the correction factor one window implied."""
+
+    time: str = Field(description="RFC 3339 time.")
+    factor: float = Field(description="Implied factor (observed latency over predicted, "
+                          "through the model's elasticity).")
+
+
+class CalibrationStatus(StatusModel):
+    """Online calibration of one role's profile: the factor in use and its evidence."""
+
+    state: Literal["off", "learning", "active", "frozen"] = Field(
+        default="off",
+        description="off (switched off or no observations), learning (too few samples: factor "
+        "1), active (factor applied), frozen (no sample this reconcile; the factor is kept).",
+    )
+    factor: float = Field(
+        default=1.0,
+        description="Factor applied to the profile: prefill service time (prefill), decode "
+        "TPOT (decode).",
+    )
+    median: float | None = Field(
+        default=None, description="Weighted median of the samples before bounds and trust."
+    )
+    recent_samples: int = Field(default=0, description="Samples younger than one half-life.")
+    half_life_s: float | None = Field(default=None, description="Half-life of a sample, s.")
+    last_sample_time: str | None = Field(default=None, description="Newest sample (RFC 3339).")
+    reason: str = Field(default="", description="Why no sample was taken, or what was learnt.")
+    replicas: int | None = Field(
+        default=None, description="Replica count the samples are taken at."
+    )
+    stable_since: str | None = Field(
+        default=None,
+        description="Since when the count has been unchanged; samples wait for a full window.",
+    )
+    samples: list[FactorSampleStatus] = Field(
+        default_factory=list, max_length=MAX_HISTORY, description="Recent samples."
+    )
+
+
 class RoleStatus(StatusModel):
     """Observed state and recommendation of one role."""
 
@@ -661,6 +757,9 @@ class RoleStatus(StatusModel):
         max_length=MAX_HISTORY,
         description="Recent recommendations (for the stabilization windows).",
     )
+    calibration: CalibrationStatus | None = Field(
+        default=None, description="Online calibration of this role's profile."
+    )
 
 
 class ObservedWorkload(StatusModel):
@@ -678,6 +777,50 @@ class ObservedWorkload(StatusModel):
     )
     missing: list[str] = Field(
         default_factory=list, max_length=64, description="Series missing, stale or NaN."
+    )
+    arrival_dispersion: float | None = Field(
+        default=None, description="Index of dispersion of arrivals planned with."
+    )
+    arrival_dispersion_source: Literal["measured", "spec", "default"] | None = Field(
+        default=None,
+        description="measured (Prometheus), spec (planner.arrivalDispersion) or default (1: "
+        "not enough data).",
+    )
+    arrival_dispersion_reason: str = Field(
+        default="", description="How the dispersion was measured, or why it was not."
+    )
+
+
+class RateSampleStatus(StatusModel):
+    """An observed arrival rate and when it was observed."""
+
+    time: str = Field(description="RFC 3339 time.")
+    rate_per_s: float = Field(description="Arrival rate, requests/s.")
+
+
+class ForecastStatus(StatusModel):
+    """The rate planned for: the forecast at startupDelayS ahead and its history."""
+
+    method: str | None = Field(default=None, description="planner.forecast.")
+    used: str | None = Field(
+        default=None, description="The predictor that answered (none, trend, seasonal)."
+    )
+    horizon_s: float | None = Field(
+        default=None, description="How far ahead: startup delay plus half the rate window, s."
+    )
+    forecast_rate_per_s: float | None = Field(
+        default=None, description="The predictor's rate at the horizon, requests/s."
+    )
+    planned_rate_per_s: float | None = Field(
+        default=None, description="Rate planned for: max(current, min(forecast, 2 x current))."
+    )
+    reason: str = Field(default="", description="What the predictor saw.")
+    recent: list[RateSampleStatus] = Field(
+        default_factory=list, max_length=MAX_HISTORY, description="Recent observed rates."
+    )
+    history: list[RateSampleStatus] = Field(
+        default_factory=list, max_length=128,
+        description="Observed rates downsampled over a period (seasonal only).",
     )
 
 
@@ -726,6 +869,9 @@ class PDDeploymentStatus(StatusModel):
     history: list[ScaleEvent] = Field(
         default_factory=list, max_length=MAX_HISTORY, description="Recent replica changes."
     )
+    forecast: ForecastStatus | None = Field(
+        default=None, description="The rate forecast planned for (planner.forecast)."
+    )
 
     def role(self, role: Role) -> RoleStatus:
         return self.prefill if role == "prefill" else self.decode
@@ -770,8 +916,11 @@ __all__ = [
     "VERSION",
     "Behavior",
     "BudgetSpec",
+    "CalibrationStatus",
     "Condition",
     "ConfigMapProfileRef",
+    "FactorSampleStatus",
+    "ForecastStatus",
     "LengthSpec",
     "MetricSelector",
     "Mode",
@@ -782,6 +931,7 @@ __all__ = [
     "PlannerSpec",
     "ProfileSource",
     "PrometheusSource",
+    "RateSampleStatus",
     "RecommendationSample",
     "Role",
     "RoleSpec",

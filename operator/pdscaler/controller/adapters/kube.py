@@ -26,6 +26,7 @@ import urllib3
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
+from kubernetes.utils import parse_quantity
 
 log = logging.getLogger("pdscaler.kube")
 T = TypeVar("T")
@@ -100,17 +101,52 @@ class NodePoolEmpty:
     selector: str
 
 
+class KubeConfigError(RuntimeError):
+    """No usable Kubernetes credentials (a missing or broken kubeconfig, not in a cluster)."""
+
+
 def load_api_client(timeout_s: float = 10.0, pool_size: int = 8) -> k8s.ApiClient:
-    """An API client from ``KUBECONFIG``/``~/.kube/config``, else the in-cluster account."""
+    """An API client from ``KUBECONFIG``/``~/.kube/config``, else the in-cluster account.
+
+    Raises
+    ------
+    KubeConfigError
+        Naming the file that is missing or unreadable, or saying that neither a kubeconfig
+        nor the in-cluster environment (``KUBERNETES_SERVICE_HOST``) is there.
+    """
     configuration = k8s.Configuration()
+    named = os.environ.get("KUBECONFIG", "")
+    paths = [p for p in named.split(os.pathsep) if p]
+    default = os.path.expanduser("~/.kube/config")
+    if paths:
+        missing = [p for p in paths if not os.path.isfile(p)]
+        if len(missing) == len(paths):
+            raise KubeConfigError(
+                f"KUBECONFIG={named}: no such file: {', '.join(missing)}"
+            )
+        source = f"KUBECONFIG={named}"
+    elif os.path.isfile(default):
+        source = default
+    elif os.environ.get("KUBERNETES_SERVICE_HOST"):
+        source = ""
+    else:
+        raise KubeConfigError(
+            f"KUBECONFIG is not set, {default} does not exist, and this is not a pod "
+            "(KUBERNETES_SERVICE_HOST is not set)"
+        )
     try:
-        k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
-            client_configuration=configuration
-        )
-    except (k8s_config.ConfigException, FileNotFoundError, TypeError):
-        k8s_config.load_incluster_config(  # type: ignore[no-untyped-call]
-            client_configuration=configuration
-        )
+        if source:
+            k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
+                client_configuration=configuration
+            )
+        else:
+            k8s_config.load_incluster_config(  # type: ignore[no-untyped-call]
+                client_configuration=configuration
+            )
+    except (k8s_config.ConfigException, OSError, TypeError, ValueError) as exc:
+        raise KubeConfigError(
+            f"{source or 'in-cluster configuration'}: {type(exc).__name__}: {exc}"
+        ) from None
     configuration.connection_pool_maxsize = pool_size
     configuration.retries = False
     return k8s.ApiClient(configuration)
@@ -292,6 +328,16 @@ class KubeClient:
         )
         return dict(answer or {})
 
+    def list_objects(
+        self, group: str, version: str, plural: str, namespace: str
+    ) -> list[dict[str, Any]]:
+        """Every object of a custom resource in ``namespace`` (one LIST)."""
+        answer = self.request(
+            "GET", f"/apis/{group}/{version}/namespaces/{quote(namespace)}/{plural}"
+        )
+        items = (answer or {}).get("items") or []
+        return [dict(item) for item in items if isinstance(item, dict)]
+
     # ----------------------------------------------------------------- ConfigMaps
     def read_configmap(self, namespace: str, name: str, now_s: float) -> dict[str, str]:
         """``data`` of a ConfigMap, cached for ``configmap_ttl_s``."""
@@ -461,38 +507,30 @@ def _pod_request(pod: Mapping[str, Any], resource: str) -> float:
     return max(app + sidecars, init_peak) + overhead
 
 
-_SUFFIXES = {
-    "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12,
-    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
-}
-
-
 def _quantity(value: Any) -> float:
-    """A Kubernetes quantity as a number (``"8"`` -> 8, ``"500m"`` -> 0.5).
+    """A Kubernetes quantity as a number (``"8"`` -> 8, ``"500m"`` -> 0.5), by
+    :func:`kubernetes.utils.parse_quantity` (every suffix: ``u``, ``Pi``, ``E``, exponents);
+    an absent or unreadable quantity counts as 0.
 
     Examples
     --------
     >>> _quantity("8"), _quantity("500m"), _quantity(None), _quantity("1Ki")
     (8.0, 0.5, 0.0, 1024.0)
+    >>> _quantity("1Pi") == 2.0**50, _quantity("1E"), _quantity("100u"), _quantity("x")
+    (True, 1e+18, 0.0001, 0.0)
     """
     if value is None:
         return 0.0
-    text = str(value).strip()
-    for suffix in sorted(_SUFFIXES, key=len, reverse=True):
-        if text.endswith(suffix):
-            try:
-                return float(text[: -len(suffix)]) * _SUFFIXES[suffix]
-            except ValueError:
-                return 0.0
     try:
-        return float(text)
-    except ValueError:
+        return float(parse_quantity(value))  # type: ignore[no-untyped-call]
+    except (ValueError, TypeError, ArithmeticError):
         return 0.0
 
 
 __all__ = [
     "ConflictError",
     "KubeClient",
+    "KubeConfigError",
     "KubeError",
     "KubeUnavailableError",
     "NodePoolEmpty",

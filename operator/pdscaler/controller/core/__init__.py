@@ -19,6 +19,7 @@ from pdscaler.controller.core.tick import settle, tick
 from pdscaler.controller.core.types import (
     EventRecord,
     GaugeSample,
+    PeerClaim,
     ScaleCommand,
     Settled,
     TargetRead,
@@ -34,6 +35,7 @@ __all__ = [
     "EventRecord",
     "GaugeSample",
     "Memo",
+    "PeerClaim",
     "ProfileDocument",
     "ProfileError",
     "ScaleCommand",

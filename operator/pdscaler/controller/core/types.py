@@ -19,6 +19,7 @@ from planner.common import Role
 Outcome = Literal["ok", "held", "scaled", "invalid_spec", "target_missing"]
 GaugeName = Literal[
     "replicas", "predicted_latency", "observed_latency", "observed_rate", "metrics_available",
+    "calibration_factor", "arrival_dispersion", "forecast_rate",
 ]
 
 
@@ -46,6 +47,16 @@ class WorkloadRead:
 
     observation: Observation | None = None
     problem: tuple[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class PeerClaim:
+    """Another PDDeployment of the namespace and the targets it scales (``kind/name``, the
+    kind lower-case), as listed by the shell."""
+
+    name: str
+    created: str | None
+    targets: frozenset[str]
 
 
 @dataclass(frozen=True)
@@ -77,6 +88,11 @@ class TickInput:
     targets: Mapping[Role, TargetRead] = field(default_factory=dict)
     workload: WorkloadRead = WorkloadRead()
     free_gpus: Mapping[Role, int | None] = field(default_factory=dict)
+    created: str | None = None
+    """This object's ``metadata.creationTimestamp`` (RFC 3339)."""
+    peers: tuple[PeerClaim, ...] = ()
+    """The namespace's PDDeployments (this one may be among them): an older one that scales
+    the same target wins it."""
     settings: TickSettings = TickSettings()
     empty_pools: Mapping[Role, str] = field(default_factory=dict)
     """Roles whose node pool selector (the value) matches no node."""
@@ -152,6 +168,6 @@ class Settled:
 
 
 __all__ = [
-    "EventRecord", "GaugeName", "GaugeSample", "Outcome", "ScaleCommand", "Settled",
+    "EventRecord", "GaugeName", "GaugeSample", "Outcome", "PeerClaim", "ScaleCommand", "Settled",
     "TargetRead", "TargetState", "TickInput", "TickOutcome", "TickSettings", "WorkloadRead",
 ]
