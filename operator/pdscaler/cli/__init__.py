@@ -50,6 +50,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "pdscaler.cli.replay", "add_replay_parser",
         "run a scaling policy (the operator's own tick by default) in a closed loop over a trace",
     ),
+    "lab": ("pdscaler.lab.cli", "add_lab_parser", "the operator end to end on a local cluster"),
 }
 
 
