@@ -11,7 +11,8 @@ from datetime import UTC, datetime
 
 from pdscaler.controller.api import Condition, PDDeploymentStatus
 
-CONDITION_TYPES = ("Ready", "SpecValid", "TargetsFound", "MetricsAvailable", "CapacityLimited")
+CONDITION_TYPES = ("Ready", "SpecValid", "TargetsFound", "MetricsAvailable", "CapacityLimited",
+                   "Paused", "Conflict")
 MESSAGE_LIMIT = 1000
 """Longest condition message kept (status must stay small whatever the input)."""
 

@@ -35,6 +35,13 @@ from pdscaler.controller.api import (
     ScaleEvent,
     SpecError,
 )
+from pdscaler.controller.core.coexist import (
+    behavior_fields,
+    coexistence,
+    fallback_replicas,
+    next_failures,
+    scale_changes,
+)
 from pdscaler.controller.core.planning import (
     cached_plan,
     plan_key,
@@ -84,6 +91,7 @@ class _Builder:
             conditions=[c.model_copy() for c in old.conditions],
             history=list(old.history),
             last_scale_time=old.last_scale_time,
+            metric_failures=old.metric_failures,
         )
         self.events: list[EventRecord] = []
 
@@ -126,6 +134,8 @@ def tick(inp: TickInput) -> TickOutcome:
         return _outcome(b, (), interval_s, "target_missing")
 
     read = _workload(b, spec, static)
+    b.status.metric_failures = next_failures(
+        inp.previous.metric_failures, read.problem is None)
     planned: dict[Role, int | None] = {"prefill": None, "decode": None}
     request: PlanRequest | None = None
     result: Plan | None = None
@@ -163,7 +173,7 @@ def tick(inp: TickInput) -> TickOutcome:
         b.status.prefill.predicted_ttft_at_current_s = now.ttft_s
         b.status.decode.predicted_tpot_at_current_ms = now.tpot_ms
 
-    commands = _act(b, spec, states, decisions)
+    commands = _coexist(b, spec, _act(b, spec, states, decisions))
     ready = read.problem is None and (read.workload is not None or read.idle)
     if ready:
         b.condition("Ready", True, "Planned" if b.status.feasible else "PlannedInfeasible",
@@ -347,15 +357,30 @@ def _record_idle(status: PDDeploymentStatus, spec: PDDeploymentSpec,
 def policy_of(spec: PDDeploymentSpec, role: Role) -> ControlPolicy:
     """The control rules' settings for one role of the spec."""
     role_spec = spec.role(role)
-    return ControlPolicy(
+    return ControlPolicy.model_validate(dict(
         min_replicas=role_spec.min_replicas,
         max_replicas=role_spec.max_replicas,
-        scale_up_stabilization_s=spec.behavior.scale_up_stabilization_s,
-        scale_down_stabilization_s=spec.behavior.scale_down_stabilization_s,
         max_step_up=spec.behavior.max_scale_up_step,
         max_step_down=spec.behavior.max_scale_down_step,
         tolerance=spec.behavior.tolerance,
-    )
+        **behavior_fields(spec),
+    ))
+
+
+def _coexist(
+    b: _Builder, spec: PDDeploymentSpec, commands: Sequence[ScaleCommand]
+) -> list[ScaleCommand]:
+    """Pause annotation and other autoscalers: conditions, events, commands dropped."""
+    co = coexistence(spec, b.inp.previous, b.inp.annotations, b.inp.autoscalers)
+    for type_, ok, reason, message in co.conditions:
+        b.condition(type_, ok, reason, message)
+    b.events.extend(co.events)
+    for role, why in co.blocked.items():
+        rs = b.status.role(role)
+        if rs.recommended_replicas != rs.current_replicas and spec.mode == "Auto":
+            rs.held_by = "paused" if co.paused else "external_autoscaler"
+            rs.reason = f"not written ({why}): {rs.reason}"
+    return [c for c in commands if c.role not in co.blocked]
 
 
 def _control(
@@ -378,6 +403,8 @@ def _control(
                 recommended_replicas=planned[role],
                 history=_history(b.inp.previous.role(role).recommendation_history),
                 capacity_limit=capacity_limit,
+                scale_events=scale_changes(b.inp.previous.history, role),
+                fallback_replicas=fallback_replicas(spec, role, b.status.metric_failures or 0),
             ),
             policy_of(spec, role),
             b.inp.now_s,

@@ -49,6 +49,14 @@ class WorkloadRead:
 
 
 @dataclass(frozen=True)
+class ExternalAutoscaler:
+    """Another autoscaler whose scaleTargetRef names a role's target (HPA or ScaledObject)."""
+
+    kind: str
+    name: str
+
+
+@dataclass(frozen=True)
 class TickSettings:
     """The operator settings the decisions depend on."""
 
@@ -78,6 +86,10 @@ class TickInput:
     workload: WorkloadRead = WorkloadRead()
     free_gpus: Mapping[Role, int | None] = field(default_factory=dict)
     settings: TickSettings = TickSettings()
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    """The PDDeployment's annotations (``pdscaler.io/paused``)."""
+    autoscalers: Mapping[Role, tuple[ExternalAutoscaler, ...]] = field(default_factory=dict)
+    """Per role, the HPAs and ScaledObjects that target it (none read: empty)."""
     memo: Memo = field(default_factory=Memo, compare=False, repr=False)
 
 
@@ -150,6 +162,6 @@ class Settled:
 
 
 __all__ = [
-    "EventRecord", "GaugeName", "GaugeSample", "Outcome", "ScaleCommand", "Settled",
+    "EventRecord", "ExternalAutoscaler", "GaugeName", "GaugeSample", "Outcome", "ScaleCommand", "Settled",
     "TargetRead", "TargetState", "TickInput", "TickOutcome", "TickSettings", "WorkloadRead",
 ]
