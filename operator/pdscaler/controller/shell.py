@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pdscaler.controller import observability as obs
+from pdscaler.controller.adapters.autoscalers import AutoscalerReader
 from pdscaler.controller.adapters.kube import (
     ConflictError,
     KubeError,
@@ -49,6 +50,7 @@ from pdscaler.controller.api import (
     parse_status,
 )
 from pdscaler.controller.core import (
+    ExternalAutoscaler,
     GaugeSample,
     Memo,
     ProfileDocument,
@@ -105,6 +107,15 @@ class Runtime:
     written: dict[str, tuple[int, str]] = field(default_factory=dict)
     """Per object uid: resourceVersion and compact JSON of the status we last wrote."""
     lock: threading.Lock = field(default_factory=threading.Lock)
+    prometheus_with_headers: Callable[[str, Mapping[str, str]], QueryFn] | None = None
+    """Queries with an object's own extra headers (``spec.workload.prometheus.headers``)."""
+    autoscalers: AutoscalerReader | None = None
+    """HPAs and ScaledObjects per namespace; made from ``kube.request`` when not given."""
+
+    def __post_init__(self) -> None:
+        request = getattr(self.kube, "request", None)
+        if self.autoscalers is None and callable(request):
+            self.autoscalers = AutoscalerReader(request, self.settings.autoscaler_cache_ttl_s)
 
 
 @dataclass(frozen=True)
@@ -216,14 +227,34 @@ def read_workload(spec: PDDeploymentSpec, rt: Runtime, now_s: float) -> Workload
         assert matchers is not None  # guaranteed by the spec rules
         selectors[role] = selector(matchers.match_labels, matchers.match_regex)
     try:
+        query = (
+            rt.prometheus_with_headers(url, prom.headers)
+            if prom.headers and rt.prometheus_with_headers is not None else rt.prometheus(url)
+        )
         observation = read_observation(
-            rt.prometheus(url), url, selectors, prom.window_s, prom.max_age_s,
+            query, url, selectors, prom.window_s, prom.max_age_s,
             rt.names, now_s, spec.slo.ttft_percentile, spec.slo.tpot_percentile,
         )
     except MetricsError as exc:
         obs.ERRORS.labels("prometheus").inc()
         return WorkloadRead(problem=("PrometheusUnreachable", str(exc)))
     return WorkloadRead(observation=observation)
+
+
+def read_autoscalers(
+    spec: PDDeploymentSpec, namespace: str, rt: Runtime, now_s: float
+) -> dict[Role, tuple[ExternalAutoscaler, ...]]:
+    """Per role, the HPAs and ScaledObjects whose scaleTargetRef names its target."""
+    if rt.autoscalers is None:
+        return {}
+    out: dict[Role, tuple[ExternalAutoscaler, ...]] = {}
+    for role in ROLES:
+        ref = spec.role(role).scale_target_ref
+        out[role] = tuple(
+            ExternalAutoscaler(a.kind, a.name)
+            for a in rt.autoscalers.targeting(namespace, ref.kind, ref.name, now_s)
+        )
+    return out
 
 
 def read_free_gpus(
@@ -250,6 +281,7 @@ def read_input(
                             history_length=rt.settings.history_length)
     common: dict[str, Any] = {
         "now_s": now_s, "namespace": namespace, "name": name,
+        "annotations": dict(meta.get("annotations") or {}),
         "generation": meta.get("generation"), "previous": parse_status(previous),
         "settings": settings, "memo": rt.memo,
     }
@@ -265,7 +297,7 @@ def read_input(
     return TickInput(
         spec=spec, spec_error=None, profiles=profiles, targets=targets,
         workload=read_workload(spec, rt, now_s), free_gpus=read_free_gpus(spec, rt, now_s),
-        **common,
+        autoscalers=read_autoscalers(spec, namespace, rt, now_s), **common,
     )
 
 

@@ -18,6 +18,7 @@ from pdscaler.controller.core.profiles import ProfileDocument, ProfileError
 from pdscaler.controller.core.tick import settle, tick
 from pdscaler.controller.core.types import (
     EventRecord,
+    ExternalAutoscaler,
     GaugeSample,
     ScaleCommand,
     Settled,
@@ -32,6 +33,7 @@ from pdscaler.controller.core.types import (
 __all__ = [
     "LRU",
     "EventRecord",
+    "ExternalAutoscaler",
     "GaugeSample",
     "Memo",
     "ProfileDocument",

@@ -162,6 +162,7 @@ class Settled:
 
 
 __all__ = [
-    "EventRecord", "ExternalAutoscaler", "GaugeName", "GaugeSample", "Outcome", "ScaleCommand", "Settled",
+    "EventRecord", "ExternalAutoscaler", "GaugeName", "GaugeSample", "Outcome", "ScaleCommand",
+    "Settled",
     "TargetRead", "TargetState", "TickInput", "TickOutcome", "TickSettings", "WorkloadRead",
 ]
