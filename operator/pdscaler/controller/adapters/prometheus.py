@@ -184,7 +184,7 @@ class PrometheusClient:
             if text.startswith(("HTTP Status Code 401", "HTTP Status Code 403")):
                 code = text.split()[3]
                 raise CredentialsError(
-                    f"Prometheus {self.url} refused the credentials (HTTP {code}): "
+                    f"Prometheus refused the credentials (HTTP {code} from {self.url}): "
                     + self._credential_hint()
                 ) from None
             raise MetricsError(f"Prometheus {self.url} refused the query: {exc}") from None
