@@ -12,12 +12,14 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import yaml
 from pdscaler.controller.adapters.autoscalers import AutoscalerReader
 from pdscaler.controller.adapters.kube import KubeClient
 
 from tests.components.kube import KubeControlPlane, kubectl_apply
 from tests.components.util import free_port
 from tests.integration.test_operator_support import (  # noqa: F401 - fixtures
+    REPO,
     Cluster,
     OperatorProcess,
     cluster_fixture,
@@ -243,3 +245,14 @@ def test_fallback_after_a_long_outage_raises_but_never_lowers(
     time.sleep(6)
     assert cluster.replicas("decode") == 6  # above the fallback: never lowered
     assert cluster.pdd("llm")["status"]["decode"]["heldBy"] == "missing_data"
+
+
+@pytest.mark.parametrize("name", ["keda.yaml", "hpa-external.yaml"])
+def test_metrics_only_examples_apply(
+    cluster: Cluster, keda_crd: None, name: str
+) -> None:
+    path = REPO / "deploy" / "examples" / "metrics-only" / name
+    out = cluster.cp.kubectl("-n", cluster.namespace, "apply", "--dry-run=server", "-f",
+                             str(path)).stdout
+    kinds = [d["kind"] for d in yaml.safe_load_all(path.read_text()) if d]
+    assert out.count("(server dry run)") == len(kinds)
