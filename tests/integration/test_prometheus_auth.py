@@ -162,7 +162,7 @@ def test_untrusted_certificate_is_a_tls_error(secured_prometheus: SecuredPrometh
                           ca_file=str(p.other_ca_file))
     client = PrometheusClient(p.url, timeout_s=5, retries=0, auth=auth)
     try:
-        with pytest.raises(MetricsError, match="TLS failed with CA .*other/ca.crt"):
+        with pytest.raises(MetricsError, match=r"TLS failed with CA .*other/ca\.crt"):
             client.query("vector(1)")
     finally:
         client.close()
@@ -237,7 +237,7 @@ def test_bearer_token_file_is_read_again_after_rotation(
         assert client.query("up") == [({}, 1.0)]
         assert recorder.headers[-1]["authorization"] == "Bearer token-2"
         token_file.write_text("stale")
-        with pytest.raises(CredentialsError, match="refused the credentials.*bearer token"):
+        with pytest.raises(CredentialsError, match=r"refused the credentials.*bearer token"):
             client.query("up")
     finally:
         client.close()

@@ -19,6 +19,7 @@ from pdscaler.controller.core import ExternalAutoscaler, TickInput, WorkloadRead
 from pdscaler.controller.core.coexist import is_paused, next_failures
 from pdscaler.controller.settings import SettingsError, load_settings
 
+from planner.common import Role
 from tests.unit.test_tick import commands, conditions, make_input, spec_dict
 
 REPO = Path(__file__).resolve().parents[2]
@@ -223,7 +224,7 @@ def test_metrics_only_examples_parse_and_agree() -> None:
         (trigger,) = obj["spec"]["triggers"]
         assert trigger["type"] == "prometheus"
         meta = trigger["metadata"]
-        role = "prefill" if obj["spec"]["scaleTargetRef"]["name"] == (
+        role: Role = "prefill" if obj["spec"]["scaleTargetRef"]["name"] == (
             spec.prefill.scale_target_ref.name) else "decode"
         assert 'kind="recommended"' in meta["query"] and f'role="{role}"' in meta["query"]
         assert f'name="{pdd["metadata"]["name"]}"' in meta["query"]
