@@ -11,7 +11,9 @@ takes the policy allowing the largest change, ``Min`` the smallest, ``Disabled``
 from __future__ import annotations
 
 import pytest
-from pdscaler.controller.api import parse_spec
+from pdscaler.controller.api import PDDeploymentStatus, parse_spec
+from pdscaler.controller.core import tick
+from pdscaler.controller.core.status import iso
 from pdscaler.controller.core.tick import policy_of
 
 from planner.control import (
@@ -24,7 +26,7 @@ from planner.control import (
     scale_down_limit,
     scale_up_limit,
 )
-from tests.unit.test_tick import spec_dict
+from tests.unit.test_tick import NOW_S, make_input, spec_dict
 
 NOW = 10_000.0
 # The HPA's default scale-up: 4 pods or 100 % per 15 s, whichever allows more.
@@ -57,6 +59,13 @@ def run(current: int, recommended: int, policy: ControlPolicy,
 def test_default_scale_up_takes_the_larger_policy(current: int, expected: int) -> None:
     policy = free(scale_up_policies=DEFAULT_UP)
     assert run(current, 500, policy) == expected
+
+
+def test_percent_rounds_up_on_the_way_up_and_down_on_the_way_down() -> None:
+    half = (RatePolicy(type="Percent", value=50, period_s=60),)
+    assert scale_up_limit(3, (), half, "Max", NOW) == 5  # ceil(4.5)
+    assert scale_down_limit(3, (), half, "Max", NOW) == 1  # floor(1.5)
+    assert run(3, 100, free(scale_up_policies=half)) == 5
 
 
 @pytest.mark.parametrize(("current", "expected"), [(1, 2), (3, 6), (10, 14)])
@@ -119,6 +128,15 @@ def test_the_limit_never_reverses_the_direction() -> None:
     assert down == 1  # start 2, - 1
     assert scale_down_limit(3, (), (RatePolicy(type="Percent", value=100, period_s=1),),
                             "Max", NOW) == 0
+    # The period already added 8 (start 2, Pods 1 allows 3): no further scale-up, and no
+    # scale-down either; the same the other way round.
+    one = (RatePolicy(type="Pods", value=1, period_s=60),)
+    grown = (ScaleChange(time_s=NOW - 1, from_replicas=2, to_replicas=10),)
+    assert scale_up_limit(10, grown, one, "Max", NOW) == 10
+    assert run(10, 20, free(scale_up_policies=one), grown) == 10
+    shrunk = (ScaleChange(time_s=NOW - 1, from_replicas=10, to_replicas=2),)
+    assert scale_down_limit(2, shrunk, one, "Max", NOW) == 2
+    assert run(2, 1, free(scale_down_policies=one), shrunk) == 2
 
 
 def test_rate_policies_come_after_the_step_limit() -> None:
@@ -146,6 +164,34 @@ def test_spec_behavior_maps_onto_the_policy() -> None:
     assert policy.scale_up_policies == DEFAULT_UP
     assert (policy.scale_up_select, policy.scale_down_select) == ("Min", "Disabled")
     assert policy.scale_down_policies == ()
+
+
+def test_the_scale_up_window_of_the_hpa_field_wins() -> None:
+    spec = parse_spec(spec_dict(behavior={"scaleUpStabilizationS": 30,
+                                          "scaleUp": {"stabilizationWindowSeconds": 90}}))
+    assert policy_of(spec, "prefill").scale_up_stabilization_s == 90
+
+
+def test_the_tick_counts_only_applied_changes_of_the_role() -> None:
+    # Auto at 2 prefill replicas, paper plan 3P: a Pods 1 per 60 s policy. An applied 1 -> 2
+    # 30 s ago uses the period up; a recommended-only (DryRun) change or one of the other
+    # role does not.
+    spec = spec_dict("Auto", behavior={"scaleUp": {"policies": [
+        {"type": "Pods", "value": 1, "periodSeconds": 60}]}})
+
+    def prefill_after(events: list[dict[str, object]]) -> int | None:
+        previous = PDDeploymentStatus.model_validate({"history": events})
+        inp = make_input(spec, current={"prefill": 2, "decode": 4}, previous=previous)
+        return tick(inp).status.prefill.recommended_replicas
+
+    when = iso(NOW_S - 30)
+    applied = {"time": when, "role": "prefill", "fromReplicas": 1, "toReplicas": 2,
+               "applied": True}
+    assert prefill_after([]) == 3
+    assert prefill_after([applied]) == 2
+    assert prefill_after([{**applied, "applied": False}]) == 3
+    assert prefill_after([{**applied, "role": "decode"}]) == 3
+    assert prefill_after([{**applied, "time": iso(NOW_S - 61)}]) == 3
 
 
 def test_older_fields_alone_keep_their_meaning() -> None:

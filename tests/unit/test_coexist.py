@@ -15,7 +15,14 @@ from typing import Any
 import pytest
 import yaml
 from pdscaler.controller.api import PDDeploymentStatus, SpecError, parse_spec
-from pdscaler.controller.core import ExternalAutoscaler, TickInput, WorkloadRead, tick
+from pdscaler.controller.core import (
+    ExternalAutoscaler,
+    TargetRead,
+    TargetState,
+    TickInput,
+    WorkloadRead,
+    tick,
+)
 from pdscaler.controller.core.coexist import is_paused, next_failures
 from pdscaler.controller.settings import SettingsError, load_settings
 
@@ -128,6 +135,13 @@ def test_failures_are_counted_and_reset() -> None:
     assert second.status.metric_failures == 2
     ok = tick(with_(auto((2, 2)), previous=second.status))
     assert ok.status.metric_failures == 0
+
+
+def test_the_count_is_kept_while_nothing_is_read() -> None:
+    inp = _outage((2, 2), 3)
+    missing = with_(inp, targets={"prefill": TargetRead(None, "not found (404)"),
+                                  "decode": TargetRead(TargetState(2, 2, "rv-decode"))})
+    assert tick(missing).status.metric_failures == 3
 
 
 def test_fallback_waits_for_the_threshold_then_raises() -> None:
@@ -251,3 +265,35 @@ def test_behavior_example_parses() -> None:
     spec = parse_spec(pdd["spec"])
     assert spec.behavior.scale_up is not None and spec.behavior.fallback is not None
     assert [p.type for p in spec.behavior.scale_up.policies] == ["Pods", "Percent"]
+
+
+# ------------------------------------------------------------------ RBAC
+
+
+def _grants(rules: list[dict[str, Any]]) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for rule in rules:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                out.setdefault(f"{group}/{resource}", set()).update(rule["verbs"])
+    return out
+
+
+def test_rbac_lists_other_autoscalers_and_reads_no_secret() -> None:
+    (role,) = [d for d in _docs("deploy/rbac.yaml") if d["kind"] == "ClusterRole"]
+    grants = _grants(role["rules"])
+    assert grants["autoscaling/horizontalpodautoscalers"] == {"list"}
+    assert grants["keda.sh/scaledobjects"] == {"list"}
+    assert not [k for k in grants if k.endswith("/secrets")]
+
+
+def test_chart_rbac_lists_other_autoscalers() -> None:
+    from tests.unit.test_chart_render import one, render
+
+    for args in ((), ("--set", "watchNamespaces={team-a}")):
+        docs = render(*args)
+        kind = "Role" if args else "ClusterRole"
+        grants = _grants(one(docs, kind)["rules"])
+        assert grants["autoscaling/horizontalpodautoscalers"] == {"list"}
+        assert grants["keda.sh/scaledobjects"] == {"list"}
+        assert not [k for k in grants if k.endswith("/secrets")]
