@@ -255,6 +255,8 @@ def test_headers_from_the_operator_and_the_object(recorder: Recorder, tmp_path: 
         assert recorder.headers[-1]["x-scope-orgid"] == "tenant-b"  # the object's wins
         assert recorder.headers[-1]["x-extra"] == "a"
         assert pool.get(recorder.url).auth.headers == (("X-Scope-OrgID", "t1"), ("X-Extra", "a"))
+        assert pool.get(recorder.url, {"x-scope-orgid": "b"}).auth.headers == (
+            ("X-Extra", "a"), ("x-scope-orgid", "b"))  # one tenant header, not two
     finally:
         pool.close()
 
