@@ -297,3 +297,19 @@ def test_chart_rbac_lists_other_autoscalers() -> None:
         assert grants["autoscaling/horizontalpodautoscalers"] == {"list"}
         assert grants["keda.sh/scaledobjects"] == {"list"}
         assert not [k for k in grants if k.endswith("/secrets")]
+
+
+def test_operator_flags_reach_the_settings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pdscaler.cli import main
+
+    for name in ("PDSCALER_PROMETHEUS_CA_FILE", "PDSCALER_PROMETHEUS_HEADERS"):
+        monkeypatch.delenv(name, raising=False)
+    code = main(["operator", "run", "--namespace", "x", "--prometheus-ca-file",
+                 str(tmp_path / "absent.pem"), "--prometheus-header", "X-Scope-OrgID: t1",
+                 "--prometheus-header", "no colon"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"prometheus_ca_file (--prometheus-ca-file='{tmp_path / 'absent.pem'}')" in err
+    assert "'no colon' is not 'Name: value'" in err
