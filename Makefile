@@ -24,6 +24,7 @@ plan: venv
 components:
 	bash scripts/install-prometheus.sh
 	bash scripts/install-kube.sh
+	bash scripts/install-kwok.sh
 	bash scripts/install-vllm.sh
 	bash scripts/install-helm.sh
 
@@ -53,6 +54,13 @@ image:
 
 bench: venv
 	$(BIN)/python benchmarks/plan_speed.py
+
+## Mutation testing (slow, not part of CI): writes docs/mutation.md. Narrow or widen it with
+## e.g. MUTATION_ARGS="--sample 0 --jobs 2 planner/models.py" (docs/mutation.md says how).
+MUTATION_ARGS ?= --sample 100 --jobs 2
+.PHONY: mutation
+mutation: venv
+	$(BIN)/python scripts/mutation.py $(MUTATION_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -479,6 +479,9 @@ def _make_step_time(curve: DecodeCurve, batches: FloatArray) -> Callable[[int, f
     return step_time
 
 
+make_step_time = _make_step_time
+
+
 def prefill_iteration_s(
     members: list[tuple[float, float, float]],
 ) -> float:
@@ -990,5 +993,7 @@ __all__ = [
     "TraceReplay",
     "decode_step_time_s",
     "generate_requests",
+    "make_step_time",
+    "prefill_iteration_s",
     "simulate",
 ]

@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# Build a pinned Kubernetes control plane (kube-apiserver, kubectl) and a matching etcd from
-# their published Go modules with the local Go toolchain, and cache the binaries by version:
+# Build a pinned Kubernetes control plane (kube-apiserver, kube-controller-manager,
+# kube-scheduler, kubectl) and a matching etcd from their published Go modules with the local Go
+# toolchain, and cache the binaries by version:
 #
-#   $PDSCALER_CACHE/kube/<kube version>/bin/{kube-apiserver,kubectl,etcd}
+#   $PDSCALER_CACHE/kube/<kube version>/bin/{kube-apiserver,kube-controller-manager,
+#                                            kube-scheduler,kubectl,etcd}
 #
 # (PDSCALER_CACHE defaults to ${XDG_CACHE_HOME:-$HOME/.cache}/pdscaler.) A second run finds the
-# cached binaries, checks that they run and exits at once.
+# cached binaries, checks that they run and exits at once. Each binary is checked on its own: a
+# cache that lacks some of them (e.g. one filled by an older version of this script) gets only
+# the missing ones built.
 #
 # k8s.io/kubernetes cannot be `go install`ed: its go.mod replaces every k8s.io/<staging> module
 # with ./staging/src/k8s.io/<name>. The build therefore happens in a throwaway module that
@@ -17,7 +21,7 @@
 #   KUBE_VERSION   Kubernetes release to build (default below)
 #   ETCD_VERSION   etcd release to build (default: the one that Kubernetes release pins)
 #   BUILD_JOBS     parallel compile jobs (default 2; each uses up to ~1.5 GB)
-#   FORCE=1        rebuild even if the cache holds the binaries
+#   FORCE=1        rebuild all binaries even if the cache holds them
 set -euo pipefail
 
 KUBE_VERSION="${KUBE_VERSION:-v1.35.4}"
@@ -32,21 +36,36 @@ DEST="$CACHE_ROOT/kube/$KUBE_VERSION"
 BIN="$DEST/bin"
 STAMP="$DEST/.complete"
 
-check_binaries() {
-    [[ -f "$STAMP" ]] || return 1
-    local b
-    for b in kube-apiserver kubectl etcd; do
-        [[ -x "$BIN/$b" ]] || return 1
-    done
-    "$BIN/kubectl" version --client=true >/dev/null 2>&1 || return 1
-    "$BIN/etcd" --version >/dev/null 2>&1 || return 1
-    "$BIN/kube-apiserver" --version >/dev/null 2>&1 || return 1
+KUBE_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+ALL_BINARIES=("${KUBE_BINARIES[@]}" etcd)
+
+# A cached binary counts only if it runs and reports its version.
+binary_ok() {
+    local b="$1"
+    [[ -x "$BIN/$b" ]] || return 1
+    case "$b" in
+        kubectl) "$BIN/kubectl" version --client=true >/dev/null 2>&1 ;;
+        *) "$BIN/$b" --version >/dev/null 2>&1 ;;
+    esac
 }
 
-if [[ "${FORCE:-0}" != "1" ]] && check_binaries; then
+MISSING=()
+for b in "${ALL_BINARIES[@]}"; do
+    if [[ "${FORCE:-0}" == "1" ]] || ! binary_ok "$b"; then
+        MISSING+=("$b")
+    fi
+done
+
+if (( ${#MISSING[@]} == 0 )); then
     log "cached: $BIN ($("$BIN/kube-apiserver" --version), etcd $("$BIN/etcd" --version | sed -n 's/^etcd Version: //p'))"
     exit 0
 fi
+log "to build: ${MISSING[*]}"
+needs() { local b; for b in "${MISSING[@]}"; do [[ "$b" == "$1" ]] && return 0; done; return 1; }
+MISSING_KUBE=()
+for b in "${KUBE_BINARIES[@]}"; do
+    if needs "$b"; then MISSING_KUBE+=("$b"); fi
+done
 
 command -v go >/dev/null 2>&1 || die "the Go toolchain ('go') is not on PATH; install Go >= 1.25 (https://go.dev/dl/) and re-run"
 GO_VERSION="$(go env GOVERSION)"
@@ -67,6 +86,7 @@ STAGE="$WORK/out"
 mkdir -p "$STAGE"
 
 # ---------------------------------------------------------------- Kubernetes
+if (( ${#MISSING_KUBE[@]} > 0 )); then
 staging_minor="${KUBE_VERSION#v1.}"            # 35.4
 STAGING_VERSION="v0.${staging_minor}"          # v0.35.4
 major="1"
@@ -116,15 +136,17 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     ldflags+=" -X '$pkg.buildDate=$BUILD_DATE'"
 done
 
-for cmd in kube-apiserver kubectl; do
+for cmd in "${MISSING_KUBE[@]}"; do
     t0=$(date +%s)
     log "go build k8s.io/kubernetes/cmd/$cmd ..."
     go build -p "$BUILD_JOBS" -ldflags "$ldflags" -o "$STAGE/$cmd" "k8s.io/kubernetes/cmd/$cmd" \
         || die "building $cmd failed (see the Go output above)"
     log "  $cmd built in $(( $(date +%s) - t0 )) s"
 done
+fi
 
 # ---------------------------------------------------------------- etcd
+if needs etcd; then
 mkdir -p "$WORK/etcd"
 cd "$WORK/etcd"
 go mod init pdscaler.local/etcdbuild >/dev/null 2>&1
@@ -147,10 +169,11 @@ go build -p "$BUILD_JOBS" -ldflags "-s -w -X 'go.etcd.io/etcd/api/v3/version.Git
     -o "$STAGE/etcd" go.etcd.io/etcd/server/v3 \
     || die "building etcd failed (see the Go output above)"
 log "  etcd built in $(( $(date +%s) - t0 )) s"
+fi
 
 # ---------------------------------------------------------------- install into the cache
 mkdir -p "$BIN"
-for b in kube-apiserver kubectl etcd; do
+for b in "${MISSING[@]}"; do
     install -m 0755 "$STAGE/$b" "$BIN/$b.tmp"
     mv -f "$BIN/$b.tmp" "$BIN/$b"
 done
@@ -158,11 +181,14 @@ done
     echo "kube_version=$KUBE_VERSION"
     echo "etcd_version=$ETCD_VERSION"
     echo "go_version=$GO_VERSION"
+    echo "binaries=${ALL_BINARIES[*]}"
 } >"$STAMP"
-check_binaries || die "the freshly built binaries in $BIN do not run"
+for b in "${ALL_BINARIES[@]}"; do
+    binary_ok "$b" || die "$BIN/$b does not run"
+done
 
 ELAPSED=$(( $(date +%s) - START ))
 log "installed into $BIN"
 "$BIN/kubectl" version --client=true >&2
 log "etcd: $("$BIN/etcd" --version | head -1)"
-log "cold build time: ${ELAPSED} s"
+log "build time (${MISSING[*]}): ${ELAPSED} s"

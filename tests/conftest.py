@@ -2,6 +2,7 @@
 
 pytest_plugins = [
     "tests.components.kube",
+    "tests.components.cluster",
     "tests.components.prometheus",
     "tests.components.vllm_cpu",
     "tests.components.vllm_sim",

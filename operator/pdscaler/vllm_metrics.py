@@ -30,6 +30,7 @@ from typing import Literal
 
 from planner import LengthDistribution, Workload
 from planner.common import ROLES, Role
+from planner.online import DispersionEstimate, DispersionPolicy, dispersion_from_moments
 
 QueryFn = Callable[[str], Sequence[tuple[Mapping[str, str], float]]]
 TAG = "pdscaler_q"
@@ -165,6 +166,8 @@ class RoleQuery:
     window_s: float
     ttft_percentile: float | None = None
     tpot_percentile: float | None = None
+    dispersion_sub_window_s: float | None = None
+    """Sub-window of the arrival counts for the index of dispersion (prefill; None: not read)."""
 
 
 def _tag(expr: str, tag: str) -> str:
@@ -198,6 +201,10 @@ def role_expressions(q: RoleQuery) -> list[tuple[str, str]]:
         add("kv_cache", f"avg({names['kv_cache']}{{{sel}}})")
     if "requests" in names:
         add("rate_per_s", f"sum(rate({names['requests']}{{{sel}}}[{w}]))")
+        if q.role == "prefill" and q.dispersion_sub_window_s is not None:
+            for tag, expr in dispersion_expressions(names["requests"], sel, q.window_s,
+                                                    q.dispersion_sub_window_s):
+                add(tag, expr)
     lengths = "prompt_tokens" if q.role == "prefill" else "generation_tokens"
     if lengths in names:
         base = names[lengths]
@@ -219,6 +226,34 @@ def role_expressions(q: RoleQuery) -> list[tuple[str, str]]:
                 f"(rate({base}_bucket{{{sel}}}[{w}])))",
             )
     return out
+
+
+def dispersion_expressions(counter: str, sel: str, window_s: float, sub_window_s: float
+                           ) -> list[tuple[str, str]]:
+    """``(tag, PromQL)`` for the moments of the arrival counts per sub-window.
+
+    The count in the sub-window ending at ``t`` is the counter's exact difference
+    ``c(t) - c(t - s)`` per series (no ``increase()`` extrapolation, which would scale a count
+    by the sub-window over the time between the samples it saw; a counter reset gives 0),
+    summed over the role's servers, evaluated every ``s`` over the window by a subquery: mean
+    (``avg_over_time``), population variance (``stdvar_over_time``) and the number of
+    sub-windows (``count_over_time``). The scrape interval (the window over the fewest samples
+    of a series) must not exceed ``s``.
+
+    Examples
+    --------
+    >>> dict(dispersion_expressions("req", 'job="p"', 300, 10))["disp_n"]
+    'count_over_time((sum(clamp_min(req{job="p"} - req{job="p"} offset 10s, 0)))[300s:10s])'
+    """
+    s, w = _window(sub_window_s), _window(window_s)
+    counts = f"sum(clamp_min({counter}{{{sel}}} - {counter}{{{sel}}} offset {s}, 0))"
+    return [
+        ("disp_mean", f"avg_over_time(({counts})[{w}:{s}])"),
+        ("disp_var", f"stdvar_over_time(({counts})[{w}:{s}])"),
+        ("disp_n", f"count_over_time(({counts})[{w}:{s}])"),
+        ("scrape_interval_s",
+         f"{max(round(window_s), 1)} / min(count_over_time({counter}{{{sel}}}[{w}]))"),
+    ]
 
 
 def combined_query(queries: Sequence[RoleQuery]) -> str:
@@ -245,6 +280,14 @@ class RoleMetrics:
     ttft_q_s: float | None = None
     tpot_mean_s: float | None = None
     tpot_q_s: float | None = None
+    disp_mean: float | None = None
+    """Mean arrivals per dispersion sub-window."""
+    disp_var: float | None = None
+    """Population variance of the arrivals per sub-window."""
+    disp_n: float | None = None
+    """Number of sub-windows."""
+    scrape_interval_s: float | None = None
+    """Longest scrape interval of the request counter over the window."""
 
     @property
     def length_mean(self) -> float | None:
@@ -266,6 +309,8 @@ class Observation:
     metric_names: dict[str, str] = field(default_factory=dict)
     idle: bool = False
     """Fresh series report no arrivals at all in the window (rate 0)."""
+    dispersion: DispersionEstimate | None = None
+    """Measured index of dispersion of arrivals (``None``: not asked for)."""
 
     @property
     def available(self) -> bool:
@@ -315,6 +360,10 @@ def parse_role(
         ttft_q_s=scalars.get("ttft_q"),
         tpot_mean_s=scalars.get("tpot_mean"),
         tpot_q_s=scalars.get("tpot_q"),
+        disp_mean=scalars.get("disp_mean"),
+        disp_var=scalars.get("disp_var"),
+        disp_n=scalars.get("disp_n"),
+        scrape_interval_s=scalars.get("scrape_interval_s"),
     )
     return metrics, nan_tags
 
@@ -451,6 +500,7 @@ def build_observation(
                 input_tokens=inputs or LengthDistribution.constant(in_mean),
                 output_tokens=outputs or LengthDistribution.constant(out_mean),
             )
+    sub_window_s = by_role["prefill"].dispersion_sub_window_s
     return Observation(
         prefill=prefill,
         decode=decode,
@@ -459,7 +509,36 @@ def build_observation(
         missing=tuple(missing),
         metric_names=names,
         idle=idle,
+        dispersion=measured_dispersion(prefill, sub_window_s) if sub_window_s else None,
     )
+
+
+DISPERSION_POLICY = DispersionPolicy()
+"""At least 10 sub-windows and 20 arrivals; bounded to [0.5, 100]."""
+
+
+def measured_dispersion(metrics: RoleMetrics, sub_window_s: float,
+                        policy: DispersionPolicy = DISPERSION_POLICY) -> DispersionEstimate:
+    """The index of dispersion of the prefill role's arrivals from the subquery moments
+    (:func:`planner.online.dispersion_from_moments`), refused when the counter is scraped
+    less often than once per sub-window (counts would bunch into some sub-windows).
+
+    Examples
+    --------
+    >>> measured_dispersion(RoleMetrics(disp_mean=5.0, disp_var=9.6, disp_n=25,
+    ...                                 scrape_interval_s=5.0), 10.0).value   # 9.6*25/24/5
+    2.0
+    >>> measured_dispersion(RoleMetrics(disp_mean=5.0, disp_var=9.6, disp_n=25,
+    ...                                 scrape_interval_s=15.0), 10.0).reason
+    'scrape interval 15 s is longer than the 10 s sub-window'
+    """
+    n = int(metrics.disp_n) if metrics.disp_n is not None else 0
+    scrape = metrics.scrape_interval_s
+    if scrape is not None and scrape > 1.05 * sub_window_s:
+        return DispersionEstimate(
+            None, n, f"scrape interval {scrape:.0f} s is longer than the {sub_window_s:g} s "
+            "sub-window")
+    return dispersion_from_moments(metrics.disp_mean, metrics.disp_var, metrics.disp_n, policy)
 
 
 class MetricNameCache:
@@ -495,6 +574,7 @@ def read_observation(
     now_s: float,
     ttft_percentile: float | None = None,
     tpot_percentile: float | None = None,
+    dispersion_sub_window_s: float | None = None,
 ) -> Observation:
     """Discover the series names (cached), run the combined query, build the observation.
 
@@ -521,6 +601,7 @@ def read_observation(
                 window_s=window_s,
                 ttft_percentile=ttft_percentile,
                 tpot_percentile=tpot_percentile,
+                dispersion_sub_window_s=dispersion_sub_window_s,
             )
         )
     text = combined_query(queries)
@@ -543,8 +624,10 @@ __all__ = [
     "choose_names",
     "combined_query",
     "discovery_query",
+    "dispersion_expressions",
     "distribution_from_histogram",
     "escape_label_value",
+    "measured_dispersion",
     "read_observation",
     "role_expressions",
     "selector",

@@ -1,4 +1,5 @@
-"""A small, tolerant parser of the Prometheus text exposition format.
+"""A small, tolerant reader of the Prometheus text exposition format; each sample line is parsed
+by ``prometheus_client.parser``.
 
 It groups samples into metric families and gives, per family, its TYPE, HELP, the set of label
 names and (for histograms) the bucket bounds. It exists for contract tests: the ``/metrics`` page
@@ -23,10 +24,10 @@ Lines that cannot be parsed are skipped and listed in :attr:`Exposition.errors`.
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+
+from prometheus_client.parser import text_string_to_metric_families
 
 _SUFFIXES: dict[str, tuple[str, ...]] = {
     "histogram": ("_bucket", "_sum", "_count", "_created"),
@@ -40,14 +41,12 @@ _SUFFIXES: dict[str, tuple[str, ...]] = {
     "untyped": (),
 }
 _STRUCTURAL_LABELS = {"histogram": "le", "gaugehistogram": "le", "summary": "quantile"}
-_NAME_RE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
-_LABEL_RE = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*(,|(?=}))')
-_ESCAPES = {"\\\\": "\\", '\\"': '"', "\\n": "\n"}
 
 
 @dataclass(frozen=True)
 class Sample:
-    """One line of the exposition: series name, labels, value (and optional timestamp)."""
+    """One line of the exposition: series name, labels, value and optional timestamp (seconds;
+    the page writes milliseconds)."""
 
     name: str
     labels: Mapping[str, str]
@@ -126,51 +125,23 @@ class Exposition:
         return signature(self, prefix, include_created=include_created)
 
 
-def _unescape(value: str) -> str:
-    return re.sub(r"\\[\\\"n]", lambda m: _ESCAPES[m.group(0)], value)
-
-
-def _parse_float(text: str) -> float:
-    low = text.lower()
-    if low in ("+inf", "inf"):
-        return math.inf
-    if low == "-inf":
-        return -math.inf
-    if low == "nan":
-        return math.nan
-    return float(text)
-
-
 def parse_sample(line: str) -> Sample:
-    """Parse one sample line; raise ValueError when malformed."""
-    m = _NAME_RE.match(line)
-    if m is None:
-        raise ValueError("no metric name")
-    name, pos = m.group(0), m.end()
-    labels: dict[str, str] = {}
-    if pos < len(line) and line[pos] == "{":
-        pos += 1
-        while True:
-            while pos < len(line) and line[pos] in " \t":
-                pos += 1
-            if pos < len(line) and line[pos] == "}":
-                pos += 1
-                break
-            lm = _LABEL_RE.match(line, pos)
-            if lm is None:
-                raise ValueError(f"bad label set at column {pos}")
-            labels[lm.group(1)] = _unescape(lm.group(2))
-            pos = lm.end()
-    rest = line[pos:]
-    # Drop an OpenMetrics exemplar ("... # {trace_id="x"} 1.0").
-    if " # " in rest:
-        rest = rest.split(" # ", 1)[0]
-    fields = rest.split()
-    if not fields or len(fields) > 2:
-        raise ValueError("expected a value and an optional timestamp")
-    value = _parse_float(fields[0])
-    timestamp = float(fields[1]) if len(fields) == 2 else None
-    return Sample(name, labels, value, timestamp)
+    """Parse one sample line with ``prometheus_client``'s text parser; ValueError when malformed.
+
+    An OpenMetrics exemplar (``... # {trace_id="x"} 1.0``) is dropped first: the Prometheus text
+    format has none.
+    """
+    text = line.split(" # ", 1)[0].strip() if " # " in line else line.strip()
+    try:
+        families = list(text_string_to_metric_families(text + "\n"))
+    except (ValueError, IndexError, KeyError) as exc:
+        raise ValueError(f"not a sample ({exc})") from None
+    samples = [s for f in families for s in f.samples]
+    if len(samples) != 1:
+        raise ValueError("expected one sample")
+    sample = samples[0]
+    timestamp = None if sample.timestamp is None else float(sample.timestamp)
+    return Sample(sample.name, dict(sample.labels), float(sample.value), timestamp)
 
 
 def _family_for(name: str, families: dict[str, Family]) -> Family | None:

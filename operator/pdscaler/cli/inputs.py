@@ -5,6 +5,7 @@ The planner takes file *contents*; this module does the file I/O and picks the i
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,11 +17,11 @@ from planner import (
     Trace,
     import_aiconfigurator_csv,
     import_dynamo_npz,
-    parse_trace_csv,
 )
 from planner.importers import complete_profile_set, parse_profile_instances
 from planner.paper import paper_profiles
 from planner.profile import ProfileMetadata
+from planner.workload import parse_trace
 
 
 @dataclass(frozen=True)
@@ -103,9 +104,34 @@ def load_profiles(specs: list[str], gpu_type: str | None = None) -> ProfileSet:
     return complete_profile_set(loaded[0].metadata, instances, where)
 
 
-def load_trace(path: str) -> Trace:
-    """Read a trace CSV (Azure LLM inference format)."""
+def load_trace(path: str, flag: str = "--trace") -> Trace:
+    """Read a trace: Azure LLM inference CSV (``TIMESTAMP,ContextTokens,GeneratedTokens``) or
+    Mooncake-style JSON lines (``timestamp`` ms, ``input_length``, ``output_length``), told
+    apart by the first non-blank character (``{``: JSON lines) by
+    :func:`planner.workload.parse_trace`. Errors name ``flag``."""
     file = Path(path)
     if not file.is_file():
-        raise ValueError(f"trace {path!r}: no such file")
-    return parse_trace_csv(file.read_text(), source=str(file.name))
+        raise ValueError(f"{flag} {path!r}: no such file")
+    try:
+        return parse_trace(file.read_text(), source=f"{flag} {file.name}")
+    except ValueError as exc:
+        message = str(exc)
+        if not message.startswith(flag):
+            message = f"{flag} {file.name}: {message}"
+        raise ValueError(message) from None
+
+
+def trace_rate_per_s(
+    trace: Trace,
+    flag: str = "--trace",
+    hint: str = "give --rate-per-s (the trace's lengths are still used)",
+) -> float:
+    """The trace's mean arrival rate; a clear error naming ``flag`` when it has none (one
+    request, or every request at the same instant)."""
+    rate = trace.rate_per_s
+    if not math.isfinite(rate) or rate <= 0:
+        raise ValueError(
+            f"{flag}: {trace.arrival_s.size} request(s) spanning {trace.duration_s:g} s give no "
+            f"arrival rate; {hint}, or a trace of at least two requests at different times"
+        )
+    return rate

@@ -11,9 +11,9 @@ from planner import Plan, PlanRequest, plan, predict_decode, predict_prefill
 
 def plot_capacity(request: PlanRequest, result: Plan, path: str) -> None:
     """Draw replicas vs arrival rate, and predicted TTFT/TPOT vs load at the recommendation."""
-    import matplotlib
+    from pdscaler.cli.args import quiet_plotting
 
-    matplotlib.use("Agg")
+    quiet_plotting()
     import matplotlib.pyplot as plt
 
     base_rate = request.workload.rate_per_s

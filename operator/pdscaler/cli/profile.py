@@ -9,7 +9,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pdscaler.cli.args import NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, parse_percentile
+from pdscaler.cli.args import (
+    DEFAULT_TTFT_OVERHEAD_S,
+    NON_NEGATIVE_FLOAT,
+    NON_NEGATIVE_INT,
+    POSITIVE_FLOAT,
+    POSITIVE_INT,
+    parse_percentile,
+)
 from pdscaler.cli.inputs import load_profiles
 from pdscaler.profiler.client import EndpointError
 from pdscaler.profiler.settings import (
@@ -99,7 +106,8 @@ def add_profile_parser(subparsers: Any) -> None:
     where.add_argument("--decode-endpoint", help="base URL of the decode instance")
     where.add_argument("--model", help="served model name (default: the only one listed)")
     out = parser.add_argument_group("output")
-    out.add_argument("--output-dir", required=True, type=Path, help="folder for all outputs")
+    out.add_argument("--output-dir", type=Path,
+                     help="folder for all outputs (required to measure)")
     out.add_argument("--fresh", action="store_true", help="ignore points of an earlier run")
     out.add_argument("--no-plots", action="store_true", help="do not draw the PNG plots")
     out.add_argument("--quiet", action="store_true", help="no progress output")
@@ -139,7 +147,12 @@ def add_profile_parser(subparsers: Any) -> None:
     dec.add_argument("--kv-cache-tokens", type=POSITIVE_INT,
                      help="KV-cache capacity (default: from vllm:cache_config_info)")
     dec.add_argument("--max-batch-size", type=POSITIVE_INT,
-                     help="the engine's max_num_seqs, recorded in the profile")
+                     help="the engine's max_num_seqs when it does not tell (default: read from "
+                     "vLLM's /server_info, else probed with a burst of requests; the engine's "
+                     "value wins, with a warning, when they differ)")
+    dec.add_argument("--batch-probe-requests", type=NON_NEGATIVE_INT, default=512,
+                     help="requests sent at once to find the engine's batch limit when it does "
+                     "not publish it (default 512; 0: no probe)")
     run = parser.add_argument_group("requests and repetition")
     run.add_argument("--prompt-mode", choices=("ids", "text"), default="ids",
                      help="token-id prompts (exact, default) or text built with the server's "
@@ -149,6 +162,17 @@ def add_profile_parser(subparsers: Any) -> None:
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--trials", type=POSITIVE_INT, default=3,
                      help="repetitions of each saturation and decode point (median kept)")
+    run.add_argument("--max-trials", type=POSITIVE_INT, default=6,
+                     help="repeat a point up to this many trials while its spread is above "
+                     "--spread-bound (default 6)")
+    run.add_argument("--spread-bound", type=POSITIVE_FLOAT, default=0.10,
+                     help="largest accepted spread of a point's trials, (max - min) / median "
+                     "(default 0.10)")
+    run.add_argument("--min-window-s", type=NON_NEGATIVE_FLOAT, default=3.0,
+                     help="shortest saturation window counted; shorter trials are repeated "
+                     "with more requests (default 3)")
+    run.add_argument("--max-saturation-requests", type=POSITIVE_INT, default=4096,
+                     help="most requests of one lengthened saturation trial (default 4096)")
     run.add_argument("--warmup-requests", type=NON_NEGATIVE_INT, default=4)
     run.add_argument("--request-timeout-s", type=POSITIVE_FLOAT, default=120.0)
     run.add_argument("--point-timeout-s", type=POSITIVE_FLOAT, default=600.0)
@@ -168,6 +192,10 @@ def add_profile_parser(subparsers: Any) -> None:
                      help="default tensor x pipeline x data")
     lab.add_argument("--notes", default="", help="free text for the profile's notes")
     parser.set_defaults(handler=run_profile_command)
+    from pdscaler.cli.profile_import import add_import_parser
+
+    commands = parser.add_subparsers(dest="profile_command", metavar="SUBCOMMAND")
+    add_import_parser(commands)
 
 
 def settings_from_args(args: argparse.Namespace) -> tuple[SweepSettings, ProfileLabels]:
@@ -201,6 +229,11 @@ def settings_from_args(args: argparse.Namespace) -> tuple[SweepSettings, Profile
         decode_output_tokens=args.decode_output_tokens,
         ramp_fraction=args.ramp_fraction,
         trials=args.trials,
+        max_trials=max(args.max_trials, args.trials),
+        spread_bound=args.spread_bound,
+        min_window_s=args.min_window_s,
+        max_saturation_requests=args.max_saturation_requests,
+        batch_probe_requests=args.batch_probe_requests,
         warmup_requests=args.warmup_requests,
         request_timeout_s=args.request_timeout_s,
         point_timeout_s=args.point_timeout_s,
@@ -229,6 +262,9 @@ def run_profile_command(args: argparse.Namespace) -> int:
     from pdscaler.profiler.fit import report_markdown
     from pdscaler.profiler.run import run_profile
 
+    if args.output_dir is None:
+        raise ValueError("--output-dir is required to measure an endpoint")
+
     settings, labels = settings_from_args(args)
     try:
         run = run_profile(
@@ -242,6 +278,25 @@ def run_profile_command(args: argparse.Namespace) -> int:
     except EndpointError as exc:
         print(f"pdscaler profile: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    written = run.report or run.measured
+    for warning in written["warnings"] if written else run.outcome.warnings:
+        print(f"pdscaler profile: warning: {warning}", file=sys.stderr)
+    if run.profile is None and run.measured is not None and not run.profile_expected:
+        from pdscaler.profiler.fit import measured_markdown
+
+        measured = run.measured
+        if args.output == "json":
+            print(json.dumps(measured, indent=2))
+        else:
+            print(measured_markdown(measured), end="")
+            print(f"\nreport:  {run.files['report_md']} (and report.json; no profile: "
+                  "prefill and decode were skipped)")
+        failed_points = measured["errors"]["failed_points"]
+        if not measured["measured"]["ttft_vs_rate"] and not failed_points:
+            print("pdscaler profile: error: nothing was measured", file=sys.stderr)
+            return EXIT_FAILED
+        return EXIT_INCOMPLETE if failed_points or not measured["errors"]["within_budget"] \
+            else EXIT_OK
     if run.profile is None or run.report is None:
         failed = [r for r in run.outcome.records if r["status"] != "ok"]
         print(f"pdscaler profile: error: {run.problem}", file=sys.stderr)
@@ -249,6 +304,8 @@ def run_profile_command(args: argparse.Namespace) -> int:
             reasons = "; ".join(record["problems"] + record["errors"])
             print(f"  {record['kind']} {record['params']}: {reasons}", file=sys.stderr)
         print(f"  measured points so far: {run.files['points']}", file=sys.stderr)
+        if "report_md" in run.files:
+            print(f"  what was measured: {run.files['report_md']}", file=sys.stderr)
         return EXIT_FAILED
     if args.output == "json":
         print(json.dumps(run.report, indent=2))
@@ -316,8 +373,10 @@ def add_calibrate_parser(subparsers: Any) -> None:
     model.add_argument("--decode-model", choices=DECODE_MODELS, default=DEFAULT_DECODE_MODEL,
                        help=f"default {DEFAULT_DECODE_MODEL}, the planner's")
     model.add_argument("--router", choices=("least-loaded", "random"), default="least-loaded")
-    model.add_argument("--ttft-overhead-s", type=float, default=0.0,
-                       help="fixed TTFT overhead the prediction adds (client, router)")
+    model.add_argument("--ttft-overhead-s", type=NON_NEGATIVE_FLOAT,
+                       default=DEFAULT_TTFT_OVERHEAD_S,
+                       help="fixed TTFT overhead the prediction adds (client, router; "
+                       f"default {DEFAULT_TTFT_OVERHEAD_S:g})")
     out = parser.add_argument_group("output")
     out.add_argument("--output", choices=("table", "json"), default="table")
     out.add_argument("--write-factors", type=Path, metavar="FILE.yaml",

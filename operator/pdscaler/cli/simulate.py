@@ -12,20 +12,28 @@ command line).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from pdscaler.cli.args import (
+    DEFAULT_TTFT_OVERHEAD_S,
     NON_NEGATIVE_FLOAT,
     POSITIVE_FLOAT,
     POSITIVE_INT,
+    matplotlib_available,
     parse_percentile,
+    quiet_plotting,
+    slo_unit_warnings,
 )
-from pdscaler.cli.inputs import load_profiles, load_trace
+from pdscaler.cli.inputs import load_profiles, load_trace, trace_rate_per_s
 from planner import SLO, LengthDistribution, PlanRequest, TTFTBudget, Workload, plan
 from planner.paper import INPUT_TOKENS, OUTPUT_TOKENS, TOTAL_TOKENS_PER_MIN, TPOT_MS, TTFT_S
 from planner.profile import InstanceProfile, ProfileSet
@@ -40,6 +48,41 @@ from planner.simulate import (
 )
 
 EXIT_SLO_MISSED = 3
+
+
+class Heartbeat:
+    """Progress lines on standard error: each stage, and every ``every_s`` seconds the time
+    spent in a long one (the simulator reports no progress of its own)."""
+
+    def __init__(self, quiet: bool = False, every_s: float = 5.0) -> None:
+        self.quiet = quiet
+        self.every_s = every_s
+        self.started = time.monotonic()
+
+    def say(self, message: str) -> None:
+        if not self.quiet:
+            elapsed = time.monotonic() - self.started
+            print(f"[{elapsed:6.1f} s] {message}", file=sys.stderr, flush=True)
+
+    @contextlib.contextmanager
+    def ticking(self, stage: str) -> Iterator[None]:
+        """Say ``stage ... N s`` every ``every_s`` seconds until the block ends."""
+        stop = threading.Event()
+        begun = time.monotonic()
+
+        def tick() -> None:
+            while not stop.wait(self.every_s):
+                self.say(f"{stage} ... {time.monotonic() - begun:.0f} s")
+
+        thread = threading.Thread(target=tick, daemon=True)
+        if not self.quiet:
+            thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            if thread.is_alive():
+                thread.join()
 
 
 def _token_budget(text: str) -> int | None:
@@ -86,7 +129,8 @@ def add_simulate_parser(subparsers: Any) -> None:
                       help="KV-cache capacity per decode instance (default: profile)")
     load = parser.add_argument_group("workload")
     load.add_argument("--trace",
-                      help="replay a trace CSV (TIMESTAMP,ContextTokens,GeneratedTokens)")
+                      help="replay a trace: Azure CSV (TIMESTAMP,ContextTokens,GeneratedTokens) "
+                      "or JSON lines (timestamp ms, input_length, output_length)")
     load.add_argument("--time-scale", type=POSITIVE_FLOAT, default=1.0,
                       help="trace time compression: arrival offsets divided by this (rate x it)")
     load.add_argument("--target-rate-per-s", type=POSITIVE_FLOAT,
@@ -116,8 +160,10 @@ def add_simulate_parser(subparsers: Any) -> None:
                      help="mean (default), p50, p90, p99, ...")
     slo.add_argument("--tpot-ms", type=POSITIVE_FLOAT, default=TPOT_MS, help="TPOT target, ms")
     slo.add_argument("--tpot-percentile", type=parse_percentile, default=None)
-    slo.add_argument("--ttft-overhead-s", type=NON_NEGATIVE_FLOAT, default=0.0,
-                     help="fixed TTFT overhead added to every request (client, router)")
+    slo.add_argument("--ttft-overhead-s", type=NON_NEGATIVE_FLOAT,
+                     default=DEFAULT_TTFT_OVERHEAD_S,
+                     help="fixed TTFT overhead added to every request (client, router; "
+                     f"default {DEFAULT_TTFT_OVERHEAD_S:g}, as plan)")
     slo.add_argument("--kv-transfer-s", type=NON_NEGATIVE_FLOAT, default=0.0,
                      help="fixed KV-cache transfer time, s")
     slo.add_argument("--kv-transfer-s-per-token", type=NON_NEGATIVE_FLOAT, default=0.0)
@@ -127,6 +173,8 @@ def add_simulate_parser(subparsers: Any) -> None:
     out.add_argument("--output", choices=("table", "json"), default="table")
     out.add_argument("--plot", metavar="FILE.png",
                      help="draw latency distributions and queue lengths over time")
+    out.add_argument("--quiet", action="store_true",
+                     help="no progress lines on standard error")
     parser.set_defaults(handler=run_simulate)
 
 
@@ -134,6 +182,8 @@ def build_workload(args: argparse.Namespace) -> tuple[WorkloadSpec, Workload]:
     """The simulated workload and its Poisson summary (what the planner is given)."""
     if args.trace:
         trace = load_trace(args.trace)
+        trace_rate_per_s(trace, hint="for Poisson arrivals with its lengths give "
+                         "--lengths-from with --rate-per-s")
         options: dict[str, Any] = {
             "rate_scale": args.rate_scale,
             "start_s": args.trace_start_s,
@@ -146,7 +196,7 @@ def build_workload(args: argparse.Namespace) -> tuple[WorkloadSpec, Workload]:
             replay = TraceReplay(trace, time_scale=args.time_scale, **options)
         return replay, replay.workload()
     if args.lengths_from:
-        base = load_trace(args.lengths_from).workload()
+        base = load_trace(args.lengths_from, "--lengths-from").workload(rate_per_s=1.0)
     else:
         base = Workload(
             rate_per_s=1.0,
@@ -297,9 +347,7 @@ def format_report(config: SimConfig, result: SimResult, slo: SLO, source: str,
 
 def plot_simulation(result: SimResult, slo: SLO, path: str, title: str) -> None:
     """Latency distributions (TTFT, TPOT, E2E) and queue lengths over time, to a PNG file."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    quiet_plotting()
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
@@ -335,7 +383,8 @@ def plot_simulation(result: SimResult, slo: SLO, path: str, title: str) -> None:
     axes[1, 1].set_title("Queue lengths over time")
     for ax in axes.flat:
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -354,6 +403,11 @@ def _clean(value: Any) -> Any:
 
 def run_simulate(args: argparse.Namespace) -> int:
     """Run ``pdscaler simulate``; 0 when the SLOs are met in simulation, 3 when not."""
+    if args.plot:
+        matplotlib_available()
+    for warning in slo_unit_warnings(args.ttft_s, args.tpot_ms):
+        print(f"pdscaler simulate: warning: {warning}", file=sys.stderr)
+    progress = Heartbeat(quiet=args.quiet)
     slo = SLO(ttft_s=args.ttft_s, ttft_percentile=args.ttft_percentile, tpot_ms=args.tpot_ms,
               tpot_percentile=args.tpot_percentile)
     budget = TTFTBudget(
@@ -363,8 +417,18 @@ def run_simulate(args: argparse.Namespace) -> int:
         include_first_decode_step=args.first_decode_step,
     )
     spec, workload = build_workload(args)
+    progress.say("planning" if args.prefill_replicas is None or args.decode_replicas is None
+                 else "setting up")
     config, source = build_config(args, workload, slo, budget)
-    result = simulate(config, spec, seed=args.seed)
+    count = (f"{spec.window().arrival_s.size} trace requests (x {spec.rate_scale:g})"
+             if isinstance(spec, TraceReplay) else f"{config.num_requests} Poisson requests")
+    progress.say(
+        f"simulating {count} at {workload.rate_per_s:.4g} req/s on "
+        f"{config.prefill_replicas}P/{config.decode_replicas}D"
+    )
+    with progress.ticking("simulating"):
+        result = simulate(config, spec, seed=args.seed)
+    progress.say(f"simulated {result.requests} requests")
     attainment = result.attainment(slo)
     if args.output == "json":
         document = {
@@ -390,6 +454,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     if args.plot:
         title = (f"{config.prefill_replicas} x {config.prefill.key} + {config.decode_replicas} x "
                  f"{config.decode.key if config.decode else '-'}; {slo.describe()}")
+        progress.say("plotting")
         plot_simulation(result, slo, args.plot, title)
         print(f"wrote {args.plot}", file=sys.stderr)
     return 0 if attainment.met else EXIT_SLO_MISSED

@@ -333,6 +333,15 @@ class PrometheusSource(CrdModel):
         description="Series whose newest sample is older than this are treated as missing, "
         "seconds.",
     )
+    dispersion_sub_window_s: float = Field(
+        default=30.0,
+        ge=1,
+        le=600,
+        description="Sub-window of the arrival counts whose variance over mean is the measured "
+        "arrival dispersion, seconds. It must be at least the scrape interval (the estimate is "
+        "refused otherwise): 30 s works with the common 15 s and 30 s scrapes. Longer "
+        "sub-windows also see slower swings and give a larger, more cautious index.",
+    )
     headers: dict[str, str] = Field(
         default_factory=dict,
         max_length=8,
@@ -509,6 +518,13 @@ class Behavior(CrdModel):
         lt=1,
         description="Changes of at most tolerance x current replicas are not made.",
     )
+    startup_delay_s: float = Field(
+        default=180.0,
+        ge=0,
+        le=7200,
+        description="Seconds from a scale-up to a new replica serving (image, weights, "
+        "warm-up): how far ahead planner.forecast looks.",
+    )
     scale_up: ScalingRules | None = Field(
         default=None, description="HPA v2 scale-up rules (stabilization window, policies)."
     )
@@ -558,12 +574,32 @@ class PlannerSpec(CrdModel):
         default=_DEFAULT_MODELS.decode,
         description="TPOT model of the decode pool (README, planner/models.py).",
     )
-    arrival_dispersion: float = Field(
-        default=1.0,
+    arrival_dispersion: float | None = Field(
+        default=None,
         gt=0,
         le=1000,
-        description="Index of dispersion of arrivals (variance over mean of arrivals per 10 s): "
-        "1 for Poisson traffic, above 1 for bursty traffic (used by the ggc prefill model).",
+        description="Override of the index of dispersion of arrivals (variance over mean of "
+        "arrivals per sub-window): 1 for Poisson traffic, above 1 for bursty traffic (used by "
+        "the ggc prefill model). Absent: measured from Prometheus (1 when not enough data, or "
+        "for a Static workload).",
+    )
+    online_calibration: bool = Field(
+        default=True,
+        description="Learn per-role correction factors of the profile (observed over predicted "
+        "latency at the current replicas) and size with the corrected profile.",
+    )
+    forecast: Literal["none", "trend", "seasonal"] = Field(
+        default="trend",
+        description="Plan for the rate expected when a new replica is ready "
+        "(behavior.startupDelayS ahead): none (the current rate), trend (Theil-Sen line of the "
+        "recent rates), seasonal (the same time one forecastPeriodS ago, scaled by the level). "
+        "Never below the current rate, at most twice it.",
+    )
+    forecast_period_s: float = Field(
+        default=86_400.0,
+        ge=600,
+        le=604_800,
+        description="Period of the seasonal forecast, seconds (a day by default).",
     )
     router: Literal["least-loaded", "random"] = Field(
         default="least-loaded", description="How requests are spread over the instances."
@@ -684,6 +720,46 @@ class RecommendationSample(StatusModel):
     replicas: int = Field(ge=0, description="Recommended replicas.")
 
 
+class FactorSampleStatus(StatusModel):
+    """One online-calibration sample: the correction factor one window implied."""
+
+    time: str = Field(description="RFC 3339 time.")
+    factor: float = Field(description="Implied factor (observed latency over predicted, "
+                          "through the model's elasticity).")
+
+
+class CalibrationStatus(StatusModel):
+    """Online calibration of one role's profile: the factor in use and its evidence."""
+
+    state: Literal["off", "learning", "active", "frozen"] = Field(
+        default="off",
+        description="off (switched off or no observations), learning (too few samples: factor "
+        "1), active (factor applied), frozen (no sample this reconcile; the factor is kept).",
+    )
+    factor: float = Field(
+        default=1.0,
+        description="Factor applied to the profile: prefill service time (prefill), decode "
+        "TPOT (decode).",
+    )
+    median: float | None = Field(
+        default=None, description="Weighted median of the samples before bounds and trust."
+    )
+    recent_samples: int = Field(default=0, description="Samples younger than one half-life.")
+    half_life_s: float | None = Field(default=None, description="Half-life of a sample, s.")
+    last_sample_time: str | None = Field(default=None, description="Newest sample (RFC 3339).")
+    reason: str = Field(default="", description="Why no sample was taken, or what was learnt.")
+    replicas: int | None = Field(
+        default=None, description="Replica count the samples are taken at."
+    )
+    stable_since: str | None = Field(
+        default=None,
+        description="Since when the count has been unchanged; samples wait for a full window.",
+    )
+    samples: list[FactorSampleStatus] = Field(
+        default_factory=list, max_length=MAX_HISTORY, description="Recent samples."
+    )
+
+
 class RoleStatus(StatusModel):
     """Observed state and recommendation of one role."""
 
@@ -750,6 +826,9 @@ class RoleStatus(StatusModel):
         max_length=MAX_HISTORY,
         description="Recent recommendations (for the stabilization windows).",
     )
+    calibration: CalibrationStatus | None = Field(
+        default=None, description="Online calibration of this role's profile."
+    )
 
 
 class ObservedWorkload(StatusModel):
@@ -767,6 +846,50 @@ class ObservedWorkload(StatusModel):
     )
     missing: list[str] = Field(
         default_factory=list, max_length=64, description="Series missing, stale or NaN."
+    )
+    arrival_dispersion: float | None = Field(
+        default=None, description="Index of dispersion of arrivals planned with."
+    )
+    arrival_dispersion_source: Literal["measured", "spec", "default"] | None = Field(
+        default=None,
+        description="measured (Prometheus), spec (planner.arrivalDispersion) or default (1: "
+        "not enough data).",
+    )
+    arrival_dispersion_reason: str = Field(
+        default="", description="How the dispersion was measured, or why it was not."
+    )
+
+
+class RateSampleStatus(StatusModel):
+    """An observed arrival rate and when it was observed."""
+
+    time: str = Field(description="RFC 3339 time.")
+    rate_per_s: float = Field(description="Arrival rate, requests/s.")
+
+
+class ForecastStatus(StatusModel):
+    """The rate planned for: the forecast at startupDelayS ahead and its history."""
+
+    method: str | None = Field(default=None, description="planner.forecast.")
+    used: str | None = Field(
+        default=None, description="The predictor that answered (none, trend, seasonal)."
+    )
+    horizon_s: float | None = Field(
+        default=None, description="How far ahead: startup delay plus half the rate window, s."
+    )
+    forecast_rate_per_s: float | None = Field(
+        default=None, description="The predictor's rate at the horizon, requests/s."
+    )
+    planned_rate_per_s: float | None = Field(
+        default=None, description="Rate planned for: max(current, min(forecast, 2 x current))."
+    )
+    reason: str = Field(default="", description="What the predictor saw.")
+    recent: list[RateSampleStatus] = Field(
+        default_factory=list, max_length=MAX_HISTORY, description="Recent observed rates."
+    )
+    history: list[RateSampleStatus] = Field(
+        default_factory=list, max_length=128,
+        description="Observed rates downsampled over a period (seasonal only).",
     )
 
 
@@ -819,6 +942,9 @@ class PDDeploymentStatus(StatusModel):
     history: list[ScaleEvent] = Field(
         default_factory=list, max_length=MAX_HISTORY, description="Recent replica changes."
     )
+    forecast: ForecastStatus | None = Field(
+        default=None, description="The rate forecast planned for (planner.forecast)."
+    )
 
     def role(self, role: Role) -> RoleStatus:
         return self.prefill if role == "prefill" else self.decode
@@ -863,9 +989,12 @@ __all__ = [
     "VERSION",
     "Behavior",
     "BudgetSpec",
+    "CalibrationStatus",
     "Condition",
     "ConfigMapProfileRef",
+    "FactorSampleStatus",
     "Fallback",
+    "ForecastStatus",
     "LengthSpec",
     "MetricSelector",
     "Mode",
@@ -876,6 +1005,7 @@ __all__ = [
     "PlannerSpec",
     "ProfileSource",
     "PrometheusSource",
+    "RateSampleStatus",
     "RecommendationSample",
     "Role",
     "RoleSpec",

@@ -67,6 +67,25 @@ METRICS_AVAILABLE = Gauge(
     ["namespace", "name"],
     registry=REGISTRY,
 )
+CALIBRATION_FACTOR = Gauge(
+    "pdscaler_calibration_factor",
+    "Online correction factor applied to the profile: prefill service time (prefill), decode "
+    "TPOT (decode); 1 while learning.",
+    ["namespace", "name", "role"],
+    registry=REGISTRY,
+)
+ARRIVAL_DISPERSION = Gauge(
+    "pdscaler_arrival_dispersion",
+    "Index of dispersion of arrival counts planned with (measured, spec or 1).",
+    ["namespace", "name"],
+    registry=REGISTRY,
+)
+FORECAST_RATE = Gauge(
+    "pdscaler_forecast_rate_per_second",
+    "Arrival rate planned for (the forecast at the start-up delay), requests per second.",
+    ["namespace", "name"],
+    registry=REGISTRY,
+)
 RECONCILE_DURATION = Histogram(
     "pdscaler_reconcile_duration_seconds",
     "Time of one reconcile (read, plan, write).",
@@ -104,6 +123,9 @@ def forget_object(namespace: str, name: str) -> None:
         (OBSERVED_LATENCY, [(namespace, name, r) for r in ("prefill", "decode")]),
         (OBSERVED_RATE, [(namespace, name)]),
         (METRICS_AVAILABLE, [(namespace, name)]),
+        (CALIBRATION_FACTOR, [(namespace, name, r) for r in ("prefill", "decode")]),
+        (ARRIVAL_DISPERSION, [(namespace, name)]),
+        (FORECAST_RATE, [(namespace, name)]),
     ):
         for labels in label_sets:
             with contextlib.suppress(KeyError):

@@ -33,7 +33,9 @@ from pdscaler.controller.adapters.autoscalers import AutoscalerReader
 from pdscaler.controller.adapters.kube import (
     ConflictError,
     KubeError,
+    NodePoolEmpty,
     NotFoundError,
+    PoolCapacity,
     TargetRef,
 )
 from pdscaler.controller.adapters.kube import TargetState as ScaleState
@@ -64,6 +66,7 @@ from pdscaler.controller.core import (
     settle,
     tick,
 )
+from pdscaler.controller.core.observing import observation_settings
 from pdscaler.controller.core.status import CONDITION_TYPES, iso
 from pdscaler.controller.settings import OperatorSettings
 from pdscaler.vllm_metrics import MetricNameCache, QueryFn, read_observation, selector
@@ -86,7 +89,9 @@ class KubePort(Protocol):
 
     def read_configmap(self, namespace: str, name: str, now_s: float) -> dict[str, str]: ...
 
-    def free_gpus(self, match_labels: Mapping[str, str], resource: str, now_s: float) -> int: ...
+    def gpu_capacity(
+        self, match_labels: Mapping[str, str], resource: str, now_s: float
+    ) -> PoolCapacity | NodePoolEmpty: ...
 
     def post_event(
         self, involved: Mapping[str, Any], event_type: str, reason: str, message: str,
@@ -231,9 +236,11 @@ def read_workload(spec: PDDeploymentSpec, rt: Runtime, now_s: float) -> Workload
             rt.prometheus_with_headers(url, prom.headers)
             if prom.headers and rt.prometheus_with_headers is not None else rt.prometheus(url)
         )
+        asked = observation_settings(spec)
         observation = read_observation(
-            query, url, selectors, prom.window_s, prom.max_age_s,
-            rt.names, now_s, spec.slo.ttft_percentile, spec.slo.tpot_percentile,
+            query, url, selectors, asked.window_s, asked.max_age_s,
+            rt.names, now_s, asked.ttft_percentile, asked.tpot_percentile,
+            asked.dispersion_sub_window_s,
         )
     except MetricsError as exc:
         obs.ERRORS.labels("prometheus").inc()
@@ -259,16 +266,22 @@ def read_autoscalers(
 
 def read_free_gpus(
     spec: PDDeploymentSpec, rt: Runtime, now_s: float
-) -> dict[Role, int | None]:
-    """Free GPUs of each role's node pool (``None``: the role has no node pool)."""
+) -> tuple[dict[Role, int | None], dict[Role, str]]:
+    """Free GPUs of each role's node pool (``None``: the role has no node pool), and the
+    selectors of pools that no node matches."""
     free: dict[Role, int | None] = {}
+    empty: dict[Role, str] = {}
     for role in ROLES:
         pool = spec.role(role).node_pool
-        free[role] = (
-            None if pool is None
-            else rt.kube.free_gpus(pool.match_labels, pool.gpu_resource_name, now_s)
-        )
-    return free
+        if pool is None:
+            free[role] = None
+            continue
+        capacity = rt.kube.gpu_capacity(pool.match_labels, pool.gpu_resource_name, now_s)
+        if isinstance(capacity, NodePoolEmpty):
+            free[role], empty[role] = 0, capacity.selector
+        else:
+            free[role] = capacity.free
+    return free, empty
 
 
 def read_input(
@@ -294,9 +307,10 @@ def read_input(
     if any(t.state is None for t in targets.values()):
         return TickInput(spec=spec, spec_error=None, profiles=profiles, targets=targets,
                          **common)
+    free, empty = read_free_gpus(spec, rt, now_s)
     return TickInput(
         spec=spec, spec_error=None, profiles=profiles, targets=targets,
-        workload=read_workload(spec, rt, now_s), free_gpus=read_free_gpus(spec, rt, now_s),
+        workload=read_workload(spec, rt, now_s), free_gpus=free, empty_pools=empty,
         autoscalers=read_autoscalers(spec, namespace, rt, now_s), **common,
     )
 
@@ -337,6 +351,9 @@ _GAUGES = {
     "observed_latency": obs.OBSERVED_LATENCY,
     "observed_rate": obs.OBSERVED_RATE,
     "metrics_available": obs.METRICS_AVAILABLE,
+    "calibration_factor": obs.CALIBRATION_FACTOR,
+    "arrival_dispersion": obs.ARRIVAL_DISPERSION,
+    "forecast_rate": obs.FORECAST_RATE,
 }
 
 

@@ -1,4 +1,5 @@
-"""What the engine reports about itself on ``/metrics``: KV-cache size and load gauges.
+"""What the engine reports about itself on ``/metrics``: KV-cache size and load gauges; and its
+largest batch (``max_num_seqs``).
 
 vLLM publishes its cache configuration as the info gauge ``vllm:cache_config_info``, whose
 labels carry ``num_gpu_blocks`` and ``block_size`` (and, in recent versions,
@@ -82,3 +83,64 @@ def gauge_sum(text: str, name: str) -> float | None:
     """Sum of a gauge over its series (e.g. ``vllm:num_requests_running``), None if absent."""
     samples = parse_samples(text, name)
     return sum(v for _, v in samples) if samples else None
+
+
+@dataclass(frozen=True)
+class MaxBatchInfo:
+    """The engine's largest decode batch (vLLM's ``max_num_seqs``) and how it was learned."""
+
+    max_batch_size: int
+    source: str
+
+
+def max_num_seqs_from_server_info(document: object) -> int | None:
+    """``max_num_seqs`` from vLLM's ``/server_info?config_format=json`` answer, or None.
+
+    vLLM serves that page in its development mode (``VLLM_SERVER_DEV_MODE=1``); the scheduler
+    configuration is under ``vllm_config.scheduler_config`` (older releases give the whole
+    configuration as a string, which is searched for ``max_num_seqs=N``).
+
+    Examples
+    --------
+    >>> max_num_seqs_from_server_info(
+    ...     {"vllm_config": {"scheduler_config": {"max_num_seqs": 128}}})
+    128
+    >>> max_num_seqs_from_server_info({"vllm_config": "... max_num_seqs=256, ..."})
+    256
+    >>> max_num_seqs_from_server_info({}) is None
+    True
+    """
+    if not isinstance(document, dict):
+        return None
+    config = document.get("vllm_config")
+    if isinstance(config, dict):
+        scheduler = config.get("scheduler_config")
+        value = scheduler.get("max_num_seqs") if isinstance(scheduler, dict) else None
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+        return None
+    if isinstance(config, str):
+        match = re.search(r"max_num_seqs['\"]?\s*[=:]\s*(\d+)", config)
+        return int(match.group(1)) if match else None
+    return None
+
+
+def batch_limit_from_probe(
+    sent: int, peak_running: float | None, peak_waiting: float | None
+) -> int | None:
+    """The engine's batch limit from a burst of ``sent`` requests sent at once: when some
+    waited (``vllm:num_requests_waiting`` > 0) while at most ``peak_running`` ran, the
+    scheduler capped the batch at ``peak_running``; otherwise nothing is learned (None).
+
+    Examples
+    --------
+    >>> batch_limit_from_probe(512, 128.0, 384.0)
+    128
+    >>> batch_limit_from_probe(512, 512.0, 0.0) is None
+    True
+    """
+    if peak_running is None or peak_waiting is None or peak_waiting <= 0:
+        return None
+    if peak_running <= 0 or peak_running >= sent:
+        return None
+    return round(peak_running)

@@ -10,6 +10,7 @@ planner's default, which adds batched prefill), beside the measured values.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -17,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from pdscaler.profiler.measure import isotonic_increasing
 from pdscaler.profiler.settings import ProfileLabels
-from pdscaler.profiler.sweeps import Record, SweepOutcome
+from pdscaler.profiler.sweeps import Record, SweepOutcome, effective_max_batch
 from planner import (
     SLO,
     DecodeCurve,
@@ -46,13 +48,36 @@ def _input_tokens(record: Record) -> int:
     return int(record["params"]["input_tokens"])
 
 
-def prefill_points(records: Sequence[Record]) -> tuple[PrefillPoint, ...]:
-    """One point per input length with a successful saturation measurement."""
-    zero = {
-        _input_tokens(r): float(r["result"]["zero_load_latency_ms"])
+def zero_load_fit(records: Sequence[Record]) -> tuple[dict[int, float], list[str]]:
+    """Zero-load TTFT (ms) per input length made non-decreasing in length by an isotonic
+    (least-squares) fit, and a warning for each pair of raw points that decrease.
+
+    A longer prompt cannot take less time alone: a decrease is measurement noise, and the
+    planner's own time for a request (its zero-load TTFT) must not fall with its length.
+    """
+    raw = sorted(
+        (_input_tokens(r), float(r["result"]["zero_load_latency_ms"]))
         for r in records
         if r["kind"] == "prefill_zero_load" and r["status"] == "ok"
-    }
+    )
+    if not raw:
+        return {}, []
+    lengths = [length for length, _ in raw]
+    values = [value for _, value in raw]
+    fitted = isotonic_increasing(values)
+    warnings = [
+        f"zero-load TTFT falls from {a:.2f} ms at {la} to {b:.2f} ms at {lb} input tokens: "
+        "not monotone; the profile holds the isotonic fit"
+        for (la, a), (lb, b) in itertools.pairwise(raw)
+        if b < a
+    ]
+    return dict(zip(lengths, fitted, strict=True)), warnings
+
+
+def prefill_points(records: Sequence[Record]) -> tuple[PrefillPoint, ...]:
+    """One point per input length with a successful saturation measurement; the zero-load
+    TTFT is the isotonic fit of :func:`zero_load_fit`."""
+    zero, _ = zero_load_fit(records)
     saturated = {
         _input_tokens(r): float(r["result"]["max_throughput_tokens_per_s"])
         for r in records
@@ -111,6 +136,95 @@ def sweep_notes(outcome: SweepOutcome) -> str:
     return "sweep: " + "; ".join(parts)
 
 
+def trust_summary(outcome: SweepOutcome) -> dict[str, Any]:
+    """How much to trust the measurements: trial spreads against the bound, saturation
+    windows, the zero-load monotone fix, decode points timed by the engine, the batch limit."""
+    s = outcome.settings
+    saturation = [
+        {
+            "input_tokens": _input_tokens(r),
+            "trials": len(r["result"].get("trials_tokens_per_s", [])),
+            "spread": r["result"].get("spread"),
+            "within_bound": r["result"].get("spread_within_bound"),
+            "min_window_s": r["result"].get("min_window_s"),
+        }
+        for r in outcome.ok("prefill_saturation")
+    ]
+    decode = [
+        {
+            "context_tokens": int(r["params"]["context_tokens"]),
+            "batch_size": int(r["params"]["batch_size"]),
+            "trials": len(r["result"].get("trials_tpot_ms", [])),
+            "spread": r["result"].get("spread"),
+            "within_bound": r["result"].get("spread_within_bound"),
+            "engine_itl_trials": int(r["result"].get("engine_itl_trials", 0) or 0),
+        }
+        for r in outcome.ok("decode")
+    ]
+    _, zero_warnings = zero_load_fit(outcome.records)
+    warnings = list(outcome.warnings) + zero_warnings
+    for row in saturation:
+        if row["within_bound"] is False:
+            warnings.append(
+                f"prefill saturation L={row['input_tokens']}: trial spread "
+                f"{100 * row['spread']:.1f} % after {row['trials']} trials, above the bound "
+                f"{100 * s.spread_bound:g} %"
+            )
+        if row["min_window_s"] is not None and row["min_window_s"] < s.min_window_s:
+            warnings.append(
+                f"prefill saturation L={row['input_tokens']}: window {row['min_window_s']:.2f} s "
+                f"shorter than {s.min_window_s:g} s at --max-saturation-requests"
+            )
+    for row in decode:
+        if row["within_bound"] is False:
+            warnings.append(
+                f"decode C={row['context_tokens']} B={row['batch_size']}: trial spread "
+                f"{100 * row['spread']:.1f} % after {row['trials']} trials, above the bound "
+                f"{100 * s.spread_bound:g} %"
+            )
+    fallback_points = sum(1 for row in decode if row["engine_itl_trials"] > 0)
+    if fallback_points:
+        warnings.append(
+            f"{fallback_points} of {len(decode)} decode points used the engine's own "
+            "inter-token latency in some trial (client timing inconsistent)"
+        )
+    spreads = [r["spread"] for r in saturation + decode if r["spread"] is not None]
+    max_batch = outcome.decode.max_batch if outcome.decode is not None else None
+    return {
+        "spread_bound": s.spread_bound,
+        "min_window_s": s.min_window_s,
+        "saturation": saturation,
+        "decode": decode,
+        "max_spread": max(spreads) if spreads else None,
+        "points_above_bound": sum(1 for r in saturation + decode if r["within_bound"] is False),
+        "zero_load_monotone": not zero_warnings,
+        "decode_engine_itl_points": fallback_points,
+        "decode_points": len(decode),
+        "max_batch_size": (
+            max_batch.max_batch_size if max_batch is not None else s.max_batch_size
+        ),
+        "max_batch_source": (
+            max_batch.source if max_batch is not None
+            else ("--max-batch-size" if s.max_batch_size is not None else None)
+        ),
+        "warnings": warnings,
+    }
+
+
+def trust_notes(trust: dict[str, Any]) -> str:
+    """The trust summary in one line, for the profile's ``metadata.notes``."""
+    spread = trust["max_spread"]
+    return (
+        f"trust: max trial spread {'-' if spread is None else f'{100 * spread:.1f} %'} "
+        f"(bound {100 * trust['spread_bound']:g} %, {trust['points_above_bound']} point(s) "
+        f"above); zero-load TTFT "
+        f"{'monotone' if trust['zero_load_monotone'] else 'made monotone (isotonic fit)'}; "
+        f"{trust['decode_engine_itl_points']} of {trust['decode_points']} decode points timed by "
+        f"the engine's ITL; maxBatchSize {trust['max_batch_size']} "
+        f"({trust['max_batch_source'] or 'unknown'})"
+    )
+
+
 def build_profile(outcome: SweepOutcome, labels: ProfileLabels) -> ProfileSet:
     """The planner's profile from the successful points (both roles are required)."""
     prefill = prefill_points(outcome.records)
@@ -126,6 +240,7 @@ def build_profile(outcome: SweepOutcome, labels: ProfileLabels) -> ProfileSet:
     if problems:
         raise ProfileBuildError("cannot build a profile: " + "; ".join(problems))
     kv = outcome.decode.kv_cache if outcome.decode is not None else None
+    max_batch = effective_max_batch(outcome.settings, outcome.decode)
     info = (outcome.decode or outcome.prefill)
     assert info is not None
     parallelism = Parallelism(
@@ -136,7 +251,7 @@ def build_profile(outcome: SweepOutcome, labels: ProfileLabels) -> ProfileSet:
         "gpus_per_instance": labels.gpus,
         "parallelism": parallelism,
     }
-    notes = sweep_notes(outcome)
+    notes = sweep_notes(outcome) + "; " + trust_notes(trust_summary(outcome))
     if labels.extra_notes:
         notes = f"{labels.extra_notes}; {notes}"
     metadata = ProfileMetadata(
@@ -163,7 +278,7 @@ def build_profile(outcome: SweepOutcome, labels: ProfileLabels) -> ProfileSet:
                 decode=DecodeCurve(
                     points=decode,
                     kv_cache_capacity_tokens=kv.capacity_tokens if kv is not None else None,
-                    max_batch_size=outcome.settings.max_batch_size,
+                    max_batch_size=max_batch[0] if max_batch is not None else None,
                 ),
                 **common,
             ),
@@ -243,6 +358,10 @@ def fit_report(profile: ProfileSet, outcome: SweepOutcome) -> dict[str, Any]:
     decode_instance = profile.for_role("decode")[0]
     assert prefill_instance.prefill is not None and decode_instance.decode is not None
     pcurve, dcurve = prefill_instance.prefill, decode_instance.decode
+    raw_zero = {
+        _input_tokens(r): float(r["result"]["zero_load_latency_ms"])
+        for r in outcome.ok("prefill_zero_load")
+    }
     prefill_rows = []
     for point in pcurve.points:
         length = float(point.input_tokens)
@@ -255,6 +374,7 @@ def fit_report(profile: ProfileSet, outcome: SweepOutcome) -> dict[str, Any]:
                 "fitted_max_throughput_tokens_per_s": fitted_pmax,
                 "max_throughput_error": _relative(point.max_throughput_tokens_per_s, fitted_pmax),
                 "zero_load_latency_ms": point.zero_load_latency_ms,
+                "raw_zero_load_latency_ms": raw_zero.get(point.input_tokens),
                 "fitted_zero_load_latency_ms": fitted_t0,
                 "zero_load_latency_error": _relative(point.zero_load_latency_ms or math.nan,
                                                      fitted_t0),
@@ -315,6 +435,7 @@ def fit_report(profile: ProfileSet, outcome: SweepOutcome) -> dict[str, Any]:
     ]
     requests, failed = outcome.requests, outcome.failed_requests
     engine = outcome.prefill or outcome.decode
+    trust = trust_summary(outcome)
     error_rate = failed / requests if requests else 0.0
     report: dict[str, Any] = {
         "profile": {
@@ -335,6 +456,8 @@ def fit_report(profile: ProfileSet, outcome: SweepOutcome) -> dict[str, Any]:
                 else None
             ),
             "max_model_len": engine.info.max_model_len if engine is not None else None,
+            "max_batch_size": dcurve.max_batch_size,
+            "max_batch_source": trust["max_batch_source"],
         },
         "endpoints": {
             "prefill": outcome.prefill.client.base_url if outcome.prefill else None,
@@ -357,6 +480,8 @@ def fit_report(profile: ProfileSet, outcome: SweepOutcome) -> dict[str, Any]:
             "warmup": outcome.warmup,
         },
         "skipped": outcome.skipped,
+        "trust": trust,
+        "warnings": trust["warnings"],
         "settings": outcome.settings.summary(),
         "started_at": outcome.started_at,
         "finished_at": outcome.finished_at,
@@ -366,6 +491,69 @@ def fit_report(profile: ProfileSet, outcome: SweepOutcome) -> dict[str, Any]:
 
 def _pct(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:+.1f} %"
+
+
+def _spread(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f} %"
+
+
+def trust_markdown(report: dict[str, Any]) -> list[str]:
+    """The trust section: trial spreads, the paper fit's R², engine-timed decode points."""
+    trust = report.get("trust")
+    if not trust:
+        return []
+    lines = [
+        "",
+        "## How much to trust it",
+        "",
+        f"Trials are repeated until their spread, (max − min) / median, is within "
+        f"{100 * trust['spread_bound']:g} % (at most {report['settings']['max_trials']} "
+        f"trials); saturation windows of at least {trust['min_window_s']:g} s. "
+        f"Largest spread {_spread(trust['max_spread'])}; {trust['points_above_bound']} "
+        "point(s) above the bound.",
+        "",
+    ]
+    if trust["saturation"]:
+        lines += ["| prefill L | trials | spread | shortest window s |", "|---:|---:|---:|---:|"]
+        for row in trust["saturation"]:
+            window = row["min_window_s"]
+            lines.append(
+                f"| {row['input_tokens']} | {row['trials']} | {_spread(row['spread'])}"
+                f"{'' if row['within_bound'] is not False else ' (above)'} | "
+                f"{'—' if window is None else f'{window:.2f}'} |"
+            )
+        lines.append("")
+    if trust["decode"]:
+        lines += ["| decode C | B | trials | spread | engine-ITL trials |",
+                  "|---:|---:|---:|---:|---:|"]
+        for row in trust["decode"]:
+            lines.append(
+                f"| {row['context_tokens']} | {row['batch_size']} | {row['trials']} | "
+                f"{_spread(row['spread'])}{'' if row['within_bound'] is not False else ' (above)'}"
+                f" | {row['engine_itl_trials']} |"
+            )
+        lines.append("")
+    lines.append(
+        f"Decode points timed by the engine's own inter-token latency (client timing "
+        f"inconsistent in some trial): {trust['decode_engine_itl_points']} of "
+        f"{trust['decode_points']}."
+    )
+    fits = report["decode"].get("paper_fits", []) if report.get("decode") else []
+    if fits:
+        r2 = ", ".join(f"context {f['context_tokens']}: {f['r_squared']:.4f}" for f in fits)
+        lines.append(f"Paper decode fit (degree-2 throughput vs TPOT), R²: {r2}.")
+    lines.append(
+        "Zero-load TTFT: "
+        + ("monotone in length as measured." if trust["zero_load_monotone"]
+           else "not monotone as measured; the profile holds the isotonic fit.")
+    )
+    lines.append(
+        f"Max batch size: {trust['max_batch_size']} ({trust['max_batch_source'] or 'unknown'})."
+    )
+    if trust["warnings"]:
+        lines += ["", "Warnings:", ""]
+        lines += [f"* {w}" for w in trust["warnings"]]
+    return lines
 
 
 def report_markdown(report: dict[str, Any]) -> str:
@@ -429,6 +617,7 @@ def report_markdown(report: dict[str, Any]) -> str:
                 f"{ms(row['measured_mean_s'])} | {means} | {ms(row['measured_p90_s'])} | "
                 f"{p90s} |"
             )
+    lines += trust_markdown(report)
     errors = report["errors"]
     lines += [
         "",
@@ -443,4 +632,119 @@ def report_markdown(report: dict[str, Any]) -> str:
         lines.append(f"* {point['kind']} {point['params']}: {reasons}")
     for message in report["skipped"]:
         lines.append(f"* skipped: {message}")
+    return "\n".join(lines) + "\n"
+
+
+def measured_report(outcome: SweepOutcome, problem: str | None = None) -> dict[str, Any]:
+    """What a run measured when it gives no profile (e.g. TTFT vs rate only, with
+    ``--skip prefill --skip decode``): every successful point's numbers, the trust summary,
+    the errors, and why no profile was built."""
+    rates = [
+        {
+            "input_tokens": _input_tokens(r),
+            "rate_per_s": float(r["result"]["realized_rate_per_s"]),
+            "target_rate_per_s": float(r["result"]["rate_per_s"]),
+            "measured_mean_s": float(r["result"]["ttft_s"]["mean"]),
+            "measured_p50_s": float(r["result"]["ttft_s"]["p50"]),
+            "measured_p90_s": float(r["result"]["ttft_s"]["p90"]),
+            "measured_p99_s": float(r["result"]["ttft_s"]["p99"]),
+            "requests": int(r["result"]["ttft_s"]["count"]),
+        }
+        for r in sorted(outcome.ok("prefill_rate"),
+                        key=lambda r: float(r["result"]["realized_rate_per_s"]))
+    ]
+    zero, _ = zero_load_fit(outcome.records)
+    failed = [r for r in outcome.records if r["status"] != "ok"]
+    requests = outcome.requests
+    error_rate = outcome.failed_requests / requests if requests else 0.0
+    engine = outcome.prefill or outcome.decode
+    trust = trust_summary(outcome)
+    report = {
+        "profile": None,
+        "problem": problem,
+        "model": engine.info.model if engine is not None else None,
+        "endpoints": {
+            "prefill": outcome.prefill.client.base_url if outcome.prefill else None,
+            "decode": outcome.decode.client.base_url if outcome.decode else None,
+        },
+        "measured": {
+            "ttft_vs_rate": rates,
+            "zero_load_latency_ms": {str(k): v for k, v in sorted(zero.items())},
+            "saturation_tokens_per_s": {
+                str(_input_tokens(r)): float(r["result"]["max_throughput_tokens_per_s"])
+                for r in outcome.ok("prefill_saturation")
+            },
+            "decode_tpot_ms": [
+                {"context_tokens": int(r["params"]["context_tokens"]),
+                 "batch_size": int(r["params"]["batch_size"]),
+                 "tpot_ms": float(r["result"]["tpot_ms"])}
+                for r in outcome.ok("decode")
+            ],
+        },
+        "trust": trust,
+        "warnings": trust["warnings"],
+        "errors": {
+            "requests": requests,
+            "failed_requests": outcome.failed_requests,
+            "error_rate": error_rate,
+            "max_error_rate": outcome.settings.max_error_rate,
+            "within_budget": error_rate <= outcome.settings.max_error_rate,
+            "points": len(outcome.records),
+            "failed_points": [
+                {"kind": r["kind"], "params": r["params"], "requests": r["requests"],
+                 "failed": r["failed"], "errors": r["errors"], "problems": r["problems"]}
+                for r in failed
+            ],
+            "warmup": outcome.warmup,
+        },
+        "skipped": outcome.skipped,
+        "settings": outcome.settings.summary(),
+        "started_at": outcome.started_at,
+        "finished_at": outcome.finished_at,
+    }
+    return dict(_clean(report))
+
+
+def measured_markdown(report: dict[str, Any]) -> str:
+    """:func:`measured_report` as text."""
+    lines = [f"# Measurements of {report['model']} (no profile)", ""]
+    if report["problem"]:
+        lines += [f"No profile: {report['problem']}.", ""]
+    measured = report["measured"]
+    if measured["ttft_vs_rate"]:
+        lines += [
+            "## TTFT vs request rate",
+            "",
+            "| input tokens | rate/s (target) | mean ms | p50 ms | p90 ms | p99 ms | requests |",
+            "|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for row in measured["ttft_vs_rate"]:
+            lines.append(
+                f"| {row['input_tokens']} | {row['rate_per_s']:.3g} "
+                f"({row['target_rate_per_s']:.3g}) | {1000 * row['measured_mean_s']:.1f} | "
+                f"{1000 * row['measured_p50_s']:.1f} | {1000 * row['measured_p90_s']:.1f} | "
+                f"{1000 * row['measured_p99_s']:.1f} | {row['requests']} |"
+            )
+        lines.append("")
+    for key, label in (("zero_load_latency_ms", "zero-load TTFT ms"),
+                       ("saturation_tokens_per_s", "saturated prompt tokens/s")):
+        if measured[key]:
+            values = ", ".join(f"L={k}: {v:.4g}" for k, v in measured[key].items())
+            lines += [f"{label}: {values}", ""]
+    if measured["decode_tpot_ms"]:
+        values = ", ".join(f"C={d['context_tokens']} B={d['batch_size']}: {d['tpot_ms']:.3g}"
+                           for d in measured["decode_tpot_ms"])
+        lines += [f"decode TPOT ms: {values}", ""]
+    errors = report["errors"]
+    lines.append(
+        f"{errors['failed_requests']} of {errors['requests']} requests failed; "
+        f"{len(errors['failed_points'])} of {errors['points']} points failed."
+    )
+    for point in errors["failed_points"]:
+        lines.append(f"* {point['kind']} {point['params']}: "
+                     + "; ".join(point["problems"] + point["errors"]))
+    for message in report["skipped"]:
+        lines.append(f"* skipped: {message}")
+    for message in report["warnings"]:
+        lines.append(f"* warning: {message}")
     return "\n".join(lines) + "\n"

@@ -70,6 +70,52 @@ def saturation_throughput(
     return (float(toks.sum() / span) if span > 0 else math.nan), span
 
 
+def relative_spread(values: Sequence[float]) -> float:
+    """Spread of repeated measurements: (max - min) / median; 0 for fewer than two.
+
+    Examples
+    --------
+    >>> relative_spread([98.0, 100.0, 104.0])
+    0.06
+    >>> relative_spread([5.0])
+    0.0
+    """
+    if len(values) < 2:
+        return 0.0
+    middle = float(np.median(np.asarray(values, dtype=np.float64)))
+    if middle <= 0:
+        return math.inf
+    return round((max(values) - min(values)) / middle, 12)
+
+
+def isotonic_increasing(
+    values: Sequence[float], weights: Sequence[float] | None = None
+) -> list[float]:
+    """The non-decreasing sequence closest to ``values`` in weighted least squares (the
+    pool-adjacent-violators algorithm).
+
+    Examples
+    --------
+    >>> isotonic_increasing([1.0, 3.0, 2.0, 4.0])
+    [1.0, 2.5, 2.5, 4.0]
+    >>> isotonic_increasing([5.0, 1.0, 1.0], [1.0, 1.0, 2.0])
+    [2.0, 2.0, 2.0]
+    """
+    w = [1.0] * len(values) if weights is None else [float(x) for x in weights]
+    blocks: list[list[float]] = []  # [mean, weight, count]
+    for value, weight in zip(values, w, strict=True):
+        blocks.append([float(value), weight, 1.0])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            mean2, w2, n2 = blocks.pop()
+            mean1, w1, n1 = blocks.pop()
+            total = w1 + w2
+            blocks.append([(mean1 * w1 + mean2 * w2) / total, total, n1 + n2])
+    fitted: list[float] = []
+    for mean, _, count in blocks:
+        fitted.extend([mean] * int(count))
+    return fitted
+
+
 class NotConcurrentError(ValueError):
     """The streams of a decode run never all decoded at the same time."""
 

@@ -17,7 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from pdscaler.profiler.fit import build_profile, fit_report, report_markdown
+from pdscaler.profiler.fit import (
+    build_profile,
+    fit_report,
+    measured_markdown,
+    measured_report,
+    report_markdown,
+)
 from pdscaler.profiler.progress import Progress
 from pdscaler.profiler.settings import ProfileLabels, SweepSettings
 from pdscaler.profiler.store import PointStore
@@ -35,6 +41,14 @@ class ProfileRun:
     files: dict[str, Path] = field(default_factory=dict)
     plots: list[Path] = field(default_factory=list)
     problem: str | None = None
+    measured: dict[str, Any] | None = None
+    """What was measured when no profile was built (see :func:`~.fit.measured_report`)."""
+
+    @property
+    def profile_expected(self) -> bool:
+        """Whether the run's settings asked for the sweeps a profile is built from."""
+        settings = self.outcome.settings
+        return settings.run_prefill or settings.run_decode
 
     @property
     def complete(self) -> bool:
@@ -67,7 +81,16 @@ def run_profile(
     try:
         profile = build_profile(outcome, labels)
     except ValueError as exc:
-        return ProfileRun(outcome, None, None, files, problem=str(exc))
+        # No profile (a TTFT-vs-rate-only run, or too few points): report what was measured.
+        problem = str(exc)
+        if not (settings.run_prefill or settings.run_decode):
+            problem = "the prefill and decode sweeps were skipped (TTFT against rate only)"
+        measured = measured_report(outcome, problem)
+        files["report_json"] = out_dir / "report.json"
+        files["report_json"].write_text(json.dumps(measured, indent=2) + "\n")
+        files["report_md"] = out_dir / "report.md"
+        files["report_md"].write_text(measured_markdown(measured))
+        return ProfileRun(outcome, None, None, files, problem=problem, measured=measured)
     report = fit_report(profile, outcome)
     files["profile"] = out_dir / "profile.yaml"
     files["profile"].write_text(dump_profile_document(profile))

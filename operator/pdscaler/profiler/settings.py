@@ -49,6 +49,14 @@ class SweepSettings:
     ramp_fraction: float = 0.1
     # repetition and limits
     trials: int = 3
+    max_trials: int = 6
+    """Trials are repeated (up to this many) while their spread is above ``spread_bound``."""
+    spread_bound: float = 0.10
+    """Largest accepted spread of a point's trials: (max - min) / median."""
+    min_window_s: float = 0.0
+    """Shortest saturation window counted; a shorter trial is repeated with more requests
+    (the command line's default is 3 s)."""
+    max_saturation_requests: int = 4096
     warmup_requests: int = 4
     request_timeout_s: float = 120.0
     point_timeout_s: float = 600.0
@@ -60,6 +68,10 @@ class SweepSettings:
     # engine facts that may not be discoverable
     kv_cache_tokens: int | None = None
     max_batch_size: int | None = None
+    """Given batch limit; the engine's own (``/server_info`` or the probe) takes precedence."""
+    batch_probe_requests: int = 0
+    """Requests sent at once to find the engine's batch limit when it does not publish it
+    (0: no probe; the command line's default is 512)."""
 
     def __post_init__(self) -> None:
         checks: list[tuple[str, bool]] = [
@@ -67,6 +79,9 @@ class SweepSettings:
             ("contexts must be > 0", all(v > 0 for v in self.contexts)),
             ("batch sizes must be > 0", all(v > 0 for v in self.batch_sizes)),
             ("trials must be >= 1", self.trials >= 1),
+            ("max trials must be >= trials", self.max_trials >= self.trials),
+            ("spread bound must be > 0", self.spread_bound > 0),
+            ("min window must be >= 0", self.min_window_s >= 0),
             ("zero-load requests must be >= 1", self.zero_load_requests >= 1),
             ("rate requests must be >= 5", self.rate_requests >= 5),
             ("decode output tokens must be >= 8", self.decode_output_tokens >= 8),
@@ -94,6 +109,15 @@ class SweepSettings:
         if self.saturation_requests is not None:
             return max(self.saturation_requests, 2 * concurrency + 1)
         return max(16, 4 * concurrency)
+
+    def lengthened_requests(self, requests: int, window_s: float) -> int:
+        """Requests per saturation trial for a window of at least :attr:`min_window_s`,
+        from a trial of ``requests`` whose window was ``window_s`` (with 25 % to spare)."""
+        if window_s <= 0:
+            grown = 2 * requests
+        else:
+            grown = math.ceil(requests * 1.25 * self.min_window_s / window_s)
+        return int(min(self.max_saturation_requests, max(grown, requests + 1)))
 
     def rate_length(self) -> int:
         if self.rate_input_tokens is not None:

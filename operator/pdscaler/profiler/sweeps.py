@@ -46,16 +46,26 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 import numpy as np
 
 from pdscaler.profiler.client import CompletionClient, EndpointError, ModelInfo, RequestResult
-from pdscaler.profiler.engine import ITL_METRICS, KvCacheInfo, gauge_sum, kv_cache_from_metrics
+from pdscaler.profiler.engine import (
+    ITL_METRICS,
+    KvCacheInfo,
+    MaxBatchInfo,
+    batch_limit_from_probe,
+    gauge_sum,
+    kv_cache_from_metrics,
+    max_num_seqs_from_server_info,
+)
 from pdscaler.profiler.measure import (
     DecodeWindow,
     NotConcurrentError,
     error_samples,
     latency_summary,
     poisson_offsets,
+    relative_spread,
     saturation_throughput,
     steady_state_tpot,
 )
@@ -99,6 +109,7 @@ class EndpointState:
     client: CompletionClient
     info: ModelInfo
     kv_cache: KvCacheInfo | None = None
+    max_batch: MaxBatchInfo | None = None
 
 
 @dataclass
@@ -110,6 +121,7 @@ class SweepOutcome:
     decode: EndpointState | None
     records: list[Record] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     warmup: dict[str, Any] = field(default_factory=dict)
     started_at: str = ""
     finished_at: str = ""
@@ -290,25 +302,53 @@ class SweepRunner:
         trials = self.settings.trials
 
         async def body(tracker: Tracker) -> tuple[dict[str, Any], list[str]]:
-            values, windows, problems = [], [], []
-            for trial in range(trials):
-                prompts = [await self.prompts.make(state.client, length) for _ in range(n)]
+            s = self.settings
+            values: list[float] = []
+            windows: list[float] = []
+            problems: list[str] = []
+            requests = n
+            short_windows = 0
+            attempts = 0
+            # Repeat until ``trials`` trials with windows of at least ``min_window_s`` agree
+            # within ``spread_bound``, or ``max_trials`` counted trials (or attempts) are spent.
+            while attempts < 2 * s.max_trials and (
+                len(values) < trials
+                or (relative_spread(values) > s.spread_bound and len(values) < s.max_trials)
+            ):
+                attempts += 1
+                prompts = [await self.prompts.make(state.client, length) for _ in range(requests)]
                 start = time.perf_counter()
                 done = await _closed_loop(state.client, tracker, prompts, length, k)
                 if len(done) < 3:
-                    problems.append(f"trial {trial + 1}: only {len(done)} requests succeeded")
+                    problems.append(f"trial {attempts}: only {len(done)} requests succeeded")
                     continue
                 value, window = saturation_throughput(done, [length] * len(done), k, start)
-                if math.isfinite(value) and value > 0:
-                    values.append(value)
-                    windows.append(window)
+                if not (math.isfinite(value) and value > 0):
+                    continue
+                if window < s.min_window_s and requests < s.max_saturation_requests:
+                    longer = s.lengthened_requests(requests, window)
+                    problems.append(
+                        f"trial {attempts}: window {window:.2f} s < {s.min_window_s:g} s; "
+                        f"lengthened to {longer} requests"
+                    )
+                    short_windows += 1
+                    requests = longer
+                    continue
+                values.append(value)
+                windows.append(window)
             if not values:
                 return {}, problems or ["no throughput measured"]
+            spread = relative_spread(values)
             return {
                 "max_throughput_tokens_per_s": statistics.median(values),
                 "trials_tokens_per_s": values,
                 "window_s": windows,
                 "concurrency": k,
+                "requests_per_trial": requests,
+                "spread": spread,
+                "spread_within_bound": spread <= s.spread_bound,
+                "short_windows": short_windows,
+                "min_window_s": min(windows),
             }, problems
 
         params = {
@@ -385,7 +425,10 @@ class SweepRunner:
             problems: list[str] = []
             trial = 0
             extensions = 0
-            while trial < trials:
+            bound, most = self.settings.spread_bound, self.settings.max_trials
+            while trial < trials or (
+                len(values) >= 2 and relative_spread(values) > bound and trial < most
+            ):
                 prompt_len = max(1, context - out // 2)
                 prompts = [await self.prompts.make(state.client, prompt_len) for _ in range(batch)]
                 before = await engine_itl_counters(state.client)
@@ -462,6 +505,10 @@ class SweepRunner:
             if not values:
                 return {}, problems or ["no trial produced a TPOT"]
             tpot_ms = 1000.0 * statistics.median(values)
+            spread = relative_spread(values)
+            engine_fallbacks = sum(
+                1 for w in windows if str(w.get("method", "")).startswith("engine-reported")
+            )
             engine = [w["engine_itl_ms"] for w in windows if w["engine_itl_ms"] is not None]
             peaks = [w["engine_peak_running"] for w in windows
                      if w["engine_peak_running"] is not None]
@@ -471,6 +518,9 @@ class SweepRunner:
                 "engine_itl_ms": statistics.median(engine) if engine else None,
                 "throughput_tokens_per_s": batch * 1000.0 / tpot_ms,
                 "trials_tpot_ms": [1000.0 * v for v in values],
+                "spread": spread,
+                "spread_within_bound": spread <= bound,
+                "engine_itl_trials": engine_fallbacks,
                 "prompt_tokens": max(1, context - out // 2),
                 "output_tokens": out,
                 "trials": windows,
@@ -531,10 +581,9 @@ class SweepRunner:
                 )
                 continue
             for batch in sorted(set(s.batch_sizes)):
-                if s.max_batch_size is not None and batch > s.max_batch_size:
-                    skipped.append(
-                        f"decode C={context} B={batch}: above --max-batch-size {s.max_batch_size}"
-                    )
+                cap = effective_max_batch(s, state)
+                if cap is not None and batch > cap[0]:
+                    skipped.append(f"decode C={context} B={batch}: above {cap[1]} {cap[0]}")
                     continue
                 kv = state.kv_cache if state is not None else None
                 need = batch * (prompt_len + out)
@@ -560,12 +609,98 @@ class SweepRunner:
                 else:
                     decode = await self._endpoint("decode", s.decode_endpoint)
             outcome = SweepOutcome(s, prefill, decode, started_at=_now())
+            if decode is not None:
+                decode.max_batch = await self.engine_max_batch(decode)
+                self._check_max_batch(outcome)
             await self._run(outcome)
             outcome.finished_at = _now()
             return outcome
         finally:
             for state in {id(x.client): x for x in (prefill, decode) if x is not None}.values():
                 await state.client.__aexit__()
+
+    async def engine_max_batch(self, state: EndpointState) -> MaxBatchInfo | None:
+        """The engine's ``max_num_seqs``: from vLLM's ``/server_info`` when it serves one, else
+        measured by a burst of ``batch_probe_requests`` tiny requests sent at once (the peak of
+        ``vllm:num_requests_running`` while others wait). None when neither tells."""
+        client = state.client
+        try:
+            document = await client.get_json("/server_info?config_format=json")
+        except (TimeoutError, aiohttp.ClientError, OSError, EndpointError, ValueError):
+            document = None
+        found = max_num_seqs_from_server_info(document)
+        if found is not None:
+            return MaxBatchInfo(found, "engine /server_info scheduler_config.max_num_seqs")
+        sent = self.settings.batch_probe_requests
+        if sent <= 1 or await client.metrics_text() is None:
+            return None
+        out = BATCH_PROBE_OUTPUT_TOKENS
+        if state.kv_cache is not None:
+            sent = min(sent, state.kv_cache.capacity_tokens // (BATCH_PROBE_PROMPT_TOKENS + out))
+        params = {"requests": sent, "prompt_tokens": BATCH_PROBE_PROMPT_TOKENS,
+                  "output_tokens": out}
+        key = point_key("engine_batch_limit", state.info.model, params)
+        previous = self.store.done(key)
+        if previous is not None:  # probed in an earlier run of the same settings
+            limit = previous["result"].get("max_batch_size")
+        else:
+            limit = await self._probe_batch_limit(client, sent, out)
+            self.store.put({
+                "key": key, "kind": "engine_batch_limit", "role": state.role,
+                "endpoint": client.base_url, "model": state.info.model, "params": params,
+                "status": "ok", "requests": 0, "failed": 0, "errors": [], "problems": [],
+                "result": {"max_batch_size": limit}, "finished_at": _now(),
+            })
+        if limit is None:
+            return None
+        return MaxBatchInfo(
+            int(limit), f"probe: {sent} requests at once, at most {limit} ran while others waited"
+        )
+
+    async def _probe_batch_limit(
+        self, client: CompletionClient, sent: int, out: int
+    ) -> int | None:
+        """Send ``sent`` tiny requests at once; the batch limit is the number running while
+        others wait. The probe stops (its requests cancelled, which aborts them in the engine)
+        once two consecutive looks at ``/metrics`` agree on it, or when every request is done."""
+        self.progress.note(f"probing the engine's batch limit with {sent} requests at once")
+        prompt = self.prompts.ids(BATCH_PROBE_PROMPT_TOKENS)
+        finished = asyncio.Event()
+        settled = asyncio.Event()
+        poller = asyncio.create_task(_peak_gauges(client, finished, settled=settled))
+        requests = [
+            asyncio.create_task(client.stream_completion(prompt, BATCH_PROBE_PROMPT_TOKENS, out))
+            for _ in range(sent)
+        ]
+        everything = asyncio.gather(*requests, return_exceptions=True)
+        waiter = asyncio.create_task(settled.wait())
+        either: list[asyncio.Future[Any]] = [everything, waiter]
+        try:
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in requests:
+                task.cancel()
+            await asyncio.gather(everything, return_exceptions=True)
+            waiter.cancel()
+            finished.set()
+            peaks = await poller
+        return batch_limit_from_probe(
+            sent, peaks.get("vllm:num_requests_running"), peaks.get("vllm:num_requests_waiting")
+        )
+
+    def _check_max_batch(self, outcome: SweepOutcome) -> None:
+        given = self.settings.max_batch_size
+        found = outcome.decode.max_batch if outcome.decode is not None else None
+        if found is None:
+            return
+        self.progress.note(f"engine batch limit {found.max_batch_size} ({found.source})")
+        if given is not None and given != found.max_batch_size:
+            message = (
+                f"--max-batch-size {given} differs from the engine's {found.max_batch_size} "
+                f"({found.source}); the profile records the engine's"
+            )
+            outcome.warnings.append(message)
+            self.progress.note(f"warning: {message}")
 
     async def _run(self, outcome: SweepOutcome) -> None:
         s = self.settings
@@ -612,6 +747,51 @@ class SweepRunner:
             plan = [(u * capacity, u) for u in s.rate_utilizations]
         for rate, utilization in plan:
             outcome.records.append(await self.rate(outcome.prefill, length, rate, utilization))
+
+
+#: Prompt and output tokens of each request of the batch-limit probe.
+BATCH_PROBE_PROMPT_TOKENS = 4
+BATCH_PROBE_OUTPUT_TOKENS = 128
+
+
+def effective_max_batch(
+    settings: SweepSettings, state: EndpointState | None
+) -> tuple[int, str] | None:
+    """The batch limit the decode sweep and the profile use, and what it is: the engine's
+    (discovered), else ``--max-batch-size``."""
+    if state is not None and state.max_batch is not None:
+        return state.max_batch.max_batch_size, "the engine's max_num_seqs"
+    if settings.max_batch_size is not None:
+        return settings.max_batch_size, "--max-batch-size"
+    return None
+
+
+async def _peak_gauges(
+    client: CompletionClient, finished: asyncio.Event, interval_s: float = 0.05,
+    names: tuple[str, ...] = ("vllm:num_requests_running", "vllm:num_requests_waiting"),
+    settled: asyncio.Event | None = None,
+) -> dict[str, float]:
+    """Largest value of each gauge in ``names`` (running, waiting) seen on ``/metrics`` until
+    ``finished``. ``settled`` is set once two consecutive looks see requests waiting and the
+    same number running (the batch is at its limit)."""
+    peaks: dict[str, float] = {}
+    last: tuple[float, float] | None = None
+    while not finished.is_set():
+        text = await client.metrics_text()
+        seen: dict[str, float] = {}
+        for name in names:
+            value = gauge_sum(text, name) if text else None
+            if value is not None:
+                seen[name] = value
+                peaks[name] = max(value, peaks.get(name, value))
+        if settled is not None and len(seen) == len(names) == 2:
+            running, waiting = seen[names[0]], seen[names[1]]
+            if waiting > 0 and running > 0 and last is not None and last[0] == running:
+                settled.set()
+            last = (running, waiting) if waiting > 0 else None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(finished.wait(), interval_s)
+    return peaks
 
 
 #: Below this share of the engine-reported inter-token latency, client timing is suspect.

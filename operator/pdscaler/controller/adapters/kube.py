@@ -26,6 +26,7 @@ import urllib3
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
+from kubernetes.utils import parse_quantity
 
 log = logging.getLogger("pdscaler.kube")
 T = TypeVar("T")
@@ -74,6 +75,30 @@ class TargetState:
     ready_replicas: int
     selector: str
     resource_version: str
+
+
+@dataclass(frozen=True)
+class PoolCapacity:
+    """A node pool's capacity of one resource: ``nodes`` match the selector,
+    ``schedulable_nodes`` of them are not cordoned; ``allocatable`` on those and ``requested``
+    by the pods bound to them; ``free`` whole units left."""
+
+    selector: str
+    nodes: int
+    schedulable_nodes: int
+    allocatable: float
+    requested: float
+
+    @property
+    def free(self) -> int:
+        return max(math.floor(self.allocatable - self.requested), 0)
+
+
+@dataclass(frozen=True)
+class NodePoolEmpty:
+    """No node matches the pool's label selector ``selector``."""
+
+    selector: str
 
 
 def load_api_client(timeout_s: float = 10.0, pool_size: int = 8) -> k8s.ApiClient:
@@ -134,7 +159,7 @@ class KubeClient:
         self._plurals: dict[tuple[str, str], tuple[str, bool]] = {}
         self._lock = threading.Lock()
         self._configmaps: dict[tuple[str, str], tuple[float, dict[str, str]]] = {}
-        self._capacity: dict[tuple[str, str], tuple[float, int]] = {}
+        self._capacity: dict[tuple[str, str], tuple[float, PoolCapacity | NodePoolEmpty]] = {}
         self.identity = os.environ.get("HOSTNAME") or socket.gethostname()
         self.requests = 0
 
@@ -285,9 +310,23 @@ class KubeClient:
         return data
 
     # ----------------------------------------------------------------- capacity
-    def free_gpus(self, match_labels: Mapping[str, str], resource: str, now_s: float) -> int:
-        """Free ``resource`` on the nodes matching ``match_labels``: allocatable minus requests
-        of non-terminated pods on them (cached for ``capacity_ttl_s``)."""
+    def gpu_capacity(
+        self, match_labels: Mapping[str, str], resource: str, now_s: float
+    ) -> PoolCapacity | NodePoolEmpty:
+        """Free ``resource`` on the nodes matching ``match_labels``, from two LISTs.
+
+        One node LIST (label selector) and one cluster-wide pod LIST of the bound, non-terminal
+        pods (field selector ``spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed``)
+        whatever the number of nodes; cached for ``capacity_ttl_s``.
+
+        ``free = floor(sum_n allocatable_n - sum_p request_p)`` (at least 0) over the schedulable
+        matching nodes n and the pods p bound to them, with a pod's request as the scheduler
+        counts it (:func:`_pod_request`). Pods still terminating hold their GPUs until they are
+        gone, as for the scheduler. Cordoned nodes count neither their GPUs nor their pods.
+
+        Returns :class:`NodePoolEmpty` when no node matches the selector at all (a misspelt
+        label, or a pool scaled to zero), so that it is not mistaken for a full pool.
+        """
         label_selector = ",".join(f"{k}={v}" for k, v in sorted(match_labels.items()))
         key = (label_selector, resource)
         with self._lock:
@@ -295,34 +334,47 @@ class KubeClient:
         if cached is not None and now_s - cached[0] <= self.capacity_ttl_s:
             return cached[1]
         nodes = self.request("GET", "/api/v1/nodes", query={"labelSelector": label_selector})
-        allocatable = 0.0
-        used = 0.0
-        for node in nodes.get("items", []):
-            spec = node.get("spec") or {}
-            if spec.get("unschedulable"):
-                continue
-            node_status = node.get("status") or {}
-            allocatable += _quantity((node_status.get("allocatable") or {}).get(resource))
-            node_name = node["metadata"]["name"]
-            pods = self.request(
-                "GET",
-                "/api/v1/pods",
-                query={
-                    "fieldSelector": f"spec.nodeName={node_name},status.phase!=Succeeded,"
+        items = nodes.get("items", []) if isinstance(nodes, dict) else []
+        result: PoolCapacity | NodePoolEmpty
+        if not items:
+            result = NodePoolEmpty(label_selector)
+        else:
+            allocatable = 0.0
+            pool: set[str] = set()
+            for node in items:
+                if (node.get("spec") or {}).get("unschedulable"):
+                    continue
+                pool.add(str(node["metadata"]["name"]))
+                node_status = node.get("status") or {}
+                allocatable += _quantity((node_status.get("allocatable") or {}).get(resource))
+            used = 0.0
+            if pool:
+                pods = self.request("GET", "/api/v1/pods", query={
+                    "fieldSelector": "spec.nodeName!=,status.phase!=Succeeded,"
                     "status.phase!=Failed"
-                },
+                })
+                for pod in pods.get("items", []) if isinstance(pods, dict) else []:
+                    if (pod.get("spec") or {}).get("nodeName") in pool:
+                        used += _pod_request(pod, resource)
+            result = PoolCapacity(
+                selector=label_selector, nodes=len(items), schedulable_nodes=len(pool),
+                allocatable=allocatable, requested=used,
             )
-            for pod in pods.get("items", []):
-                for container in (pod.get("spec") or {}).get("containers", []):
-                    resources = container.get("resources") or {}
-                    amount = (resources.get("requests") or {}).get(resource)
-                    if amount is None:
-                        amount = (resources.get("limits") or {}).get(resource)
-                    used += _quantity(amount)
-        free = max(math.floor(allocatable - used), 0)
         with self._lock:
-            self._capacity[key] = (now_s, free)
-        return free
+            self._capacity[key] = (now_s, result)
+        return result
+
+    def free_gpus(self, match_labels: Mapping[str, str], resource: str, now_s: float) -> int:
+        """Free ``resource`` on the pool's nodes (:meth:`gpu_capacity`); 0 when no node matches.
+
+        Callers that must tell an empty (or misnamed) pool from a full one use
+        :meth:`gpu_capacity`, which returns :class:`NodePoolEmpty` in that case.
+        """
+        capacity = self.gpu_capacity(match_labels, resource, now_s)
+        if isinstance(capacity, NodePoolEmpty):
+            log.warning("no node matches the node pool selector %r", capacity.selector)
+            return 0
+        return capacity.free
 
     # ----------------------------------------------------------------- events
     def post_event(
@@ -371,32 +423,62 @@ def _status_message(data: bytes) -> str:
     return ""
 
 
-_SUFFIXES = {
-    "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12,
-    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
-}
+def _container_request(container: Mapping[str, Any], resource: str) -> float:
+    resources = container.get("resources") or {}
+    amount = (resources.get("requests") or {}).get(resource)
+    if amount is None:  # extended resources: requests default to limits
+        amount = (resources.get("limits") or {}).get(resource)
+    return _quantity(amount)
+
+
+def _pod_request(pod: Mapping[str, Any], resource: str) -> float:
+    """The pod's request of ``resource`` as the scheduler counts it.
+
+    ``max(sum(containers) + sum(sidecars), max_i(init_i + sidecars started before i))
+    + overhead``, where sidecars are init containers with ``restartPolicy: Always``
+    (Kubernetes' effective-request rule; see "Resource sharing within containers" in the
+    Kubernetes init-container documentation).
+
+    Examples
+    --------
+    >>> gpu = lambda n: {"resources": {"limits": {"nvidia.com/gpu": str(n)}}}
+    >>> _pod_request({"spec": {"containers": [gpu(2), gpu(1)]}}, "nvidia.com/gpu")
+    3.0
+    >>> _pod_request({"spec": {"containers": [gpu(1)], "initContainers": [gpu(4)]}},
+    ...              "nvidia.com/gpu")
+    4.0
+    """
+    spec = pod.get("spec") or {}
+    sidecars = 0.0
+    init_peak = 0.0
+    for container in spec.get("initContainers") or []:
+        amount = _container_request(container, resource)
+        if container.get("restartPolicy") == "Always":
+            sidecars += amount
+        else:
+            init_peak = max(init_peak, amount + sidecars)
+    app = sum(_container_request(c, resource) for c in spec.get("containers") or [])
+    overhead = _quantity((spec.get("overhead") or {}).get(resource))
+    return max(app + sidecars, init_peak) + overhead
 
 
 def _quantity(value: Any) -> float:
-    """A Kubernetes quantity as a number (``"8"`` -> 8, ``"500m"`` -> 0.5).
+    """A Kubernetes quantity as a number (``"8"`` -> 8, ``"500m"`` -> 0.5), by
+    :func:`kubernetes.utils.parse_quantity` (every suffix: ``u``, ``Pi``, ``E``, exponents);
+    an absent or unreadable quantity counts as 0.
 
     Examples
     --------
     >>> _quantity("8"), _quantity("500m"), _quantity(None), _quantity("1Ki")
     (8.0, 0.5, 0.0, 1024.0)
+    >>> _quantity("1Pi") == 2.0**50, _quantity("1E"), _quantity("100u"), _quantity("x")
+    (True, 1e+18, 0.0001, 0.0)
     """
     if value is None:
         return 0.0
-    text = str(value).strip()
-    for suffix in sorted(_SUFFIXES, key=len, reverse=True):
-        if text.endswith(suffix):
-            try:
-                return float(text[: -len(suffix)]) * _SUFFIXES[suffix]
-            except ValueError:
-                return 0.0
     try:
-        return float(text)
-    except ValueError:
+        return float(parse_quantity(value))  # type: ignore[no-untyped-call]
+    except (ValueError, TypeError, ArithmeticError):
         return 0.0
 
 
@@ -405,7 +487,9 @@ __all__ = [
     "KubeClient",
     "KubeError",
     "KubeUnavailableError",
+    "NodePoolEmpty",
     "NotFoundError",
+    "PoolCapacity",
     "TargetRef",
     "TargetState",
     "load_api_client",

@@ -94,7 +94,7 @@ def static_workload(spec: PDDeploymentSpec) -> Workload | None:
         rate_per_s=static.rate_per_s,
         input_tokens=static_length(static.input_tokens),
         output_tokens=static_length(static.output_tokens),
-        arrival_dispersion=spec.planner.arrival_dispersion,
+        arrival_dispersion=spec.planner.arrival_dispersion or 1.0,
     )
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from pdscaler.controller.api import (
     ObservedWorkload,
@@ -35,6 +36,7 @@ from pdscaler.controller.api import (
     ScaleEvent,
     SpecError,
 )
+from pdscaler.controller.core import calibration
 from pdscaler.controller.core.coexist import (
     behavior_fields,
     coexistence,
@@ -42,7 +44,9 @@ from pdscaler.controller.core.coexist import (
     next_failures,
     scale_changes,
 )
+from pdscaler.controller.core.forecast import plan_rate, record
 from pdscaler.controller.core.planning import (
+    Predictions,
     cached_plan,
     plan_key,
     plan_request,
@@ -63,7 +67,7 @@ from pdscaler.controller.core.types import (
     TickOutcome,
 )
 from pdscaler.vllm_metrics import Observation
-from planner import Plan, PlanRequest, Workload
+from planner import Plan, PlanRequest, TTFTBudget, Workload
 from planner.common import ROLES, Role
 from planner.control import ControlPolicy, Decision, RoleInput, Sample, decide
 
@@ -91,8 +95,11 @@ class _Builder:
             conditions=[c.model_copy() for c in old.conditions],
             history=list(old.history),
             last_scale_time=old.last_scale_time,
+            forecast=old.forecast,
             metric_failures=old.metric_failures,
         )
+        for role in ROLES:  # learnt state survives every early return
+            self.status.role(role).calibration = old.role(role).calibration
         self.events: list[EventRecord] = []
 
     def condition(self, type_: str, ok: bool | None, reason: str, message: str) -> None:
@@ -138,8 +145,14 @@ def tick(inp: TickInput) -> TickOutcome:
         inp.previous.metric_failures, read.problem is None)
     planned: dict[Role, int | None] = {"prefill": None, "decode": None}
     request: PlanRequest | None = None
+    observed_request: PlanRequest | None = None
     result: Plan | None = None
-    key = ""
+    key = observed_key = ""
+    factors = calibration.factors_in_use(
+        spec, {role: inp.previous.role(role).calibration for role in ROLES})
+    sizing = calibration.corrected(inp.memo, profiles, factors)
+    workload: Workload | None = None
+    live = spec.workload.source == "Prometheus"
     if read.workload is not None:
         workload = quantize(read.workload)
         b.status.observed.rate_per_s = workload.rate_per_s
@@ -147,14 +160,24 @@ def tick(inp: TickInput) -> TickOutcome:
         b.status.observed.output_tokens_mean = sig(workload.output_tokens.mean)
         b.status.observed.input_tokens_p90 = sig(workload.input_tokens.quantile(0.9))
         b.status.observed.output_tokens_p90 = sig(workload.output_tokens.quantile(0.9))
-        request = plan_request(spec, profiles.profile_set, profiles.chosen, workload)
-        key = plan_key(profiles.key, request)
+        observed_request = request = plan_request(
+            spec, sizing.profile_set, sizing.chosen, workload)
+        observed_key = key = plan_key(sizing.key, request)
+        if live:
+            rate_per_s, b.status.forecast = plan_rate(
+                inp.previous.forecast, spec, workload.rate_per_s, inp.now_s)
+            if rate_per_s != workload.rate_per_s:
+                request = plan_request(spec, sizing.profile_set, sizing.chosen,
+                                       workload.model_copy(update={"rate_per_s": rate_per_s}))
+                key = plan_key(sizing.key, request)
         try:
             result = cached_plan(inp.memo, key, request)
         except ValueError as exc:
             return _invalid(b, "PlanError", f"the planner refused the inputs: {exc}", interval_s)
         _record_plan(b.status, result, planned)
     elif read.idle:
+        if live:
+            b.status.forecast = record(inp.previous.forecast, spec, 0.0, inp.now_s)
         _record_idle(b.status, spec, planned)
     else:
         b.status.reason = (
@@ -162,16 +185,17 @@ def tick(inp: TickInput) -> TickOutcome:
         )
 
     decisions = _control(b, spec, states, planned, result)
-    if result is not None and request is not None:
+    if result is not None and request is not None and observed_request is not None:
         at = predictions(inp.memo, key, request, decisions["prefill"].desired_replicas,
                          decisions["decode"].desired_replicas)
-        now = predictions(inp.memo, key, request, states["prefill"].spec_replicas,
-                          states["decode"].spec_replicas)
+        now = predictions(inp.memo, observed_key, observed_request,
+                          states["prefill"].spec_replicas, states["decode"].spec_replicas)
         b.status.predicted_ttft_s, b.status.predicted_tpot_ms = at.ttft_s, at.tpot_ms
         b.status.prefill.predicted_ttft_s = at.ttft_s
         b.status.decode.predicted_tpot_ms = at.tpot_ms
         b.status.prefill.predicted_ttft_at_current_s = now.ttft_s
         b.status.decode.predicted_tpot_at_current_ms = now.tpot_ms
+    _calibrate(b, spec, profiles, states, read, observed_request)
 
     commands = _coexist(b, spec, _act(b, spec, states, decisions))
     ready = read.problem is None and (read.workload is not None or read.idle)
@@ -258,8 +282,11 @@ def _workload(b: _Builder, spec: PDDeploymentSpec, static: Workload | None) -> _
     """The workload from the spec's static numbers or Prometheus; sets ``MetricsAvailable``."""
     if spec.workload.source == "Static":
         assert spec.workload.static is not None
+        dispersion, source, why = _dispersion(spec, None)
         b.status.observed = ObservedWorkload(
-            source="Static", rate_per_s=spec.workload.static.rate_per_s
+            source="Static", rate_per_s=spec.workload.static.rate_per_s,
+            arrival_dispersion=dispersion, arrival_dispersion_source=source,
+            arrival_dispersion_reason=why,
         )
         result = _Workload(workload=static, idle=static is None)
     else:
@@ -291,12 +318,75 @@ def _from_prometheus(b: _Builder, spec: PDDeploymentSpec) -> _Workload:
         ))
     if observation.idle:
         return _Workload(idle=True)
+    dispersion, source, why = _dispersion(spec, observation)
+    b.status.observed.arrival_dispersion = dispersion
+    b.status.observed.arrival_dispersion_source = source
+    b.status.observed.arrival_dispersion_reason = why
     workload = observation.workload
     if workload is not None:
-        workload = workload.model_copy(
-            update={"arrival_dispersion": spec.planner.arrival_dispersion}
-        )
+        workload = workload.model_copy(update={"arrival_dispersion": dispersion})
     return _Workload(workload=workload)
+
+
+def _dispersion(spec: PDDeploymentSpec, observation: Observation | None
+                ) -> tuple[float, Literal["measured", "spec", "default"], str]:
+    """The index of dispersion planned with: the spec's override, measured, or 1."""
+    if spec.planner.arrival_dispersion is not None:
+        return spec.planner.arrival_dispersion, "spec", "planner.arrivalDispersion"
+    measured = observation.dispersion if observation is not None else None
+    if measured is not None and measured.value is not None:
+        return sig(measured.value, 2) or 1.0, "measured", measured.reason
+    return 1.0, "default", (measured.reason if measured is not None
+                            else "not measured (Poisson assumed)")
+
+
+def _calibrate(
+    b: _Builder, spec: PDDeploymentSpec, profiles: ChosenProfiles,
+    states: Mapping[Role, TargetState], read: _Workload, observed: PlanRequest | None,
+) -> None:
+    """Online calibration (:mod:`.calibration`): one sample per role, or why none."""
+    if not spec.planner.online_calibration or spec.workload.source != "Prometheus":
+        why = ("planner.onlineCalibration is false" if not spec.planner.online_calibration
+               else "static workload: no latency is observed")
+        for role in ROLES:
+            b.status.role(role).calibration = calibration.off(why)
+        return
+    frozen: str | None = None
+    if read.problem is not None:
+        frozen = f"holding: {read.problem[1]}"
+    elif read.idle or observed is None:
+        frozen = "no arrivals in the window"
+    elif min(states[role].spec_replicas for role in ROLES) < 1:
+        frozen = "a role has no replicas"
+    previous = {role: b.inp.previous.role(role).calibration for role in ROLES}
+    probe = calibration.probe_factors(spec, previous)
+    compared: list[Predictions] = []
+    if frozen is None and observed is not None:
+        p_now, d_now = states["prefill"].spec_replicas, states["decode"].spec_replicas
+        # Prefill servers report queue + prefill only: compare without the TTFT budget.
+        for bump in (1.0, calibration.BUMP):
+            chosen = calibration.corrected(b.inp.memo, profiles, probe.scaled(bump))
+            request = observed.model_copy(
+                update={"profiles": chosen.profile_set, "ttft_budget": TTFTBudget()})
+            compared.append(predictions(b.inp.memo, plan_key(chosen.key, request), request,
+                                        p_now, d_now))
+    window_s = spec.workload.prometheus.window_s
+    for role in ROLES:
+        state, rs = states[role], b.status.role(role)
+        role_frozen = frozen
+        if role_frozen is None and state.ready_replicas < state.spec_replicas:
+            role_frozen = f"{state.ready_replicas} of {state.spec_replicas} replicas ready"
+        base, bumped = (
+            [p.ttft_s if role == "prefill" else p.tpot_ms for p in compared] or [None, None])
+        if role_frozen is None and base is None:
+            role_frozen = f"the model predicts overload at {state.spec_replicas} replicas"
+        latency = rs.observed_ttft_s if role == "prefill" else rs.observed_tpot_ms
+        rs.calibration = calibration.update(
+            role, previous[role],
+            calibration.Evidence(observed=latency, predicted=base, predicted_bumped=bumped,
+                                 frozen=role_frozen),
+            probe.of(role), state.spec_replicas, window_s, b.inp.now_s,
+        )
 
 
 def _observed(observation: Observation, window_s: float) -> ObservedWorkload:
@@ -390,10 +480,12 @@ def _control(
     """The pure control rules per role; sets ``CapacityLimited``."""
     decisions: dict[Role, Decision] = {}
     notes: list[str] = []
+    empty_notes: list[str] = []
     for role in ROLES:
         role_spec, state = spec.role(role), states[role]
         capacity_limit: int | None = None
         free = b.inp.free_gpus.get(role)
+        empty = b.inp.empty_pools.get(role) if role_spec.node_pool is not None else None
         if role_spec.node_pool is not None and free is not None:
             capacity_limit = state.spec_replicas + free // role_spec.gpus_per_replica
         decision = decide(
@@ -401,7 +493,8 @@ def _control(
                 current_replicas=state.spec_replicas,
                 ready_replicas=state.ready_replicas,
                 recommended_replicas=planned[role],
-                history=_history(b.inp.previous.role(role).recommendation_history),
+                history=_history(b.inp.previous.role(role).recommendation_history)
+                or _first_sight(state, b.inp.now_s),
                 capacity_limit=capacity_limit,
                 scale_events=scale_changes(b.inp.previous.history, role),
                 fallback_replicas=fallback_replicas(spec, role, b.status.metric_failures or 0),
@@ -418,13 +511,20 @@ def _control(
             RecommendationSample(time=iso(s.time_s), replicas=s.replicas)
             for s in decision.history
         ][-RECOMMENDATION_HISTORY:]
-        if decision.capacity_limited:
+        if decision.capacity_limited and empty is not None:
+            empty_notes.append(
+                f"{role}: no node matches the node pool selector {clip(empty, 200)}: no room to "
+                "scale up (check spec.{role}.nodePool.matchLabels)".replace("{role}", role)
+            )
+        elif decision.capacity_limited:
             notes.append(
                 f"{role}: the node pool has room for {capacity_limit} replicas "
                 f"({role_spec.gpus_per_replica} GPUs each)"
             )
     binding = result.binding_constraint if result is not None else ""
-    if notes:
+    if empty_notes:
+        b.condition("CapacityLimited", True, "NodePoolEmpty", "; ".join(empty_notes + notes))
+    elif notes:
         b.condition("CapacityLimited", True, "NodePoolFull", "; ".join(notes))
     elif binding.endswith("max_replicas") or binding.startswith("budget."):
         b.condition("CapacityLimited", True,
@@ -434,6 +534,17 @@ def _control(
         b.condition("CapacityLimited", False, "WithinLimits",
                     "the plan fits the bounds, budget and free capacity")
     return decisions
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters with an ellipsis (status fields stay small)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _first_sight(state: TargetState, now_s: float) -> tuple[Sample, ...]:
+    """No recommendation yet (a new object): the current count counts as one made now, so the
+    first scale-in waits out the scale-down stabilization window like any other."""
+    return (Sample(time_s=now_s, replicas=state.spec_replicas),)
 
 
 def _history(samples: Sequence[RecommendationSample]) -> tuple[Sample, ...]:
@@ -548,6 +659,15 @@ def gauges(
         if status.decode.observed_tpot_ms is not None else None,
     ))
     out.append(GaugeSample("observed_rate", (namespace, name), status.observed.rate_per_s))
+    for role in ROLES:
+        cal = status.role(role).calibration
+        out.append(GaugeSample("calibration_factor", (namespace, name, role),
+                               cal.factor if cal is not None and cal.state != "off" else None))
+    out.append(GaugeSample("arrival_dispersion", (namespace, name),
+                           status.observed.arrival_dispersion))
+    out.append(GaugeSample("forecast_rate", (namespace, name),
+                           status.forecast.planned_rate_per_s
+                           if status.forecast is not None else None))
     if outcome.metrics_available is not None:
         out.append(GaugeSample("metrics_available", (namespace, name),
                                outcome.metrics_available))

@@ -19,6 +19,7 @@ from planner.common import Role
 Outcome = Literal["ok", "held", "scaled", "invalid_spec", "target_missing"]
 GaugeName = Literal[
     "replicas", "predicted_latency", "observed_latency", "observed_rate", "metrics_available",
+    "calibration_factor", "arrival_dispersion", "forecast_rate",
 ]
 
 
@@ -86,6 +87,8 @@ class TickInput:
     workload: WorkloadRead = WorkloadRead()
     free_gpus: Mapping[Role, int | None] = field(default_factory=dict)
     settings: TickSettings = TickSettings()
+    empty_pools: Mapping[Role, str] = field(default_factory=dict)
+    """Roles whose node pool selector (the value) matches no node."""
     annotations: Mapping[str, str] = field(default_factory=dict)
     """The PDDeployment's annotations (``pdscaler.io/paused``)."""
     autoscalers: Mapping[Role, tuple[ExternalAutoscaler, ...]] = field(default_factory=dict)
