@@ -700,8 +700,8 @@ class PDDeploymentSpec(CrdModel):
 class Condition(StatusModel):
     """A condition in the standard Kubernetes shape."""
 
-    type: str = Field(description="Ready, SpecValid, MetricsAvailable, TargetsFound or "
-                      "CapacityLimited.")
+    type: str = Field(description="Ready, SpecValid, MetricsAvailable, TargetsFound, "
+                      "CapacityLimited, Paused or Conflict.")
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
     reason: str = Field(default="", description="One-word CamelCase reason.")
     message: str = Field(default="", description="Human-readable details.")
