@@ -215,7 +215,8 @@ def pdscaler_spec(d: Deployment, delay_s: float, window_s: float, interval_s: fl
         "decode": role(d.decode, "decode"),
         "workload": {"source": "Prometheus",
                      "prometheus": {"url": "http://replay", "windowS": window_s}},
-        "planner": planner,
+        # The replayed prefill pool is one queue behind a least-loaded router.
+        "planner": {"router": "least-loaded", **planner},
         "behavior": {"intervalS": interval_s, "startupDelayS": delay_s},
     })
 

@@ -15,7 +15,9 @@ from planner.importers import (
 )
 from planner.models import (
     DECODE_MODELS,
+    DEFAULT_ROUTER,
     PREFILL_MODELS,
+    ROUTERS,
     DecodePrediction,
     PrefillPrediction,
     TTFTBudget,
@@ -63,9 +65,11 @@ from planner.workload import (
 
 __all__ = [
     "DECODE_MODELS",
+    "DEFAULT_ROUTER",
     "MAX_SEARCH_REPLICAS",
     "PREFILL_MODELS",
     "ROLES",
+    "ROUTERS",
     "SLO",
     "Budget",
     "DecodeCurve",

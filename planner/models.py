@@ -15,36 +15,68 @@ queueing :math:`W_q`, prefill compute :math:`t_0` (zero-load latency from the pr
 transfer :math:`t_{kv}(L) = t_{kv,0} + t_{kv,1} L`, a fixed overhead (client, router) and, when
 the first token is produced by the decode instance, its first decode step.
 
-Prefill models
---------------
-``paper``
-    Li et al. (2026): each instance is an M/M/1 queue with service rate
-    :math:`\mu = P_{max} / L_{in}`; the *mean* sojourn meets ``TTFT - T_overhead``, giving
-    :math:`TP_P = P_{max} - L_{in}/(TTFT - T_{overhead})` and :math:`N_P = \lambda L_{in} / TP_P`,
-    a fractional count rounded by the configured rule. Mean TTFT only.
-``mm1``
-    Independent M/M/1 per instance (random or round-robin routing), percentile from the
-    exponential sojourn distribution.
-``mmc``
-    One M/M/c queue pooled behind a least-loaded router (Erlang C), exact sojourn distribution.
-``mg1``
-    Independent M/G/1 per instance: service-time variability from the input-length distribution
-    (Pollaczek–Khinchine mean wait, exponential wait tail), the request's own prefill time from
-    its length.
-``mgc``
-    Pooled M/G/c (Allen–Cunneen mean wait, exponential wait tail) with length-dependent own time.
-``ggc`` (default)
-    Pooled G/G/c for what the simulated oracle shows ``mgc`` misses (``docs/validation.md``):
+Prefill models and the router
+-----------------------------
+How requests reach the instances decides the queue, so every prefill model takes the router
+(:data:`Router`, default :data:`DEFAULT_ROUTER`) as well as its service assumptions:
 
-    * bursty arrivals — the Allen–Cunneen wait with the arrivals' squared coefficient of
-      variation :math:`c_a^2` taken as the index of dispersion :math:`D` of arrival counts
-      (``Workload.arrival_dispersion``, 1 for Poisson):
-      :math:`W_q \approx \frac{C(c, a)}{c\mu - \lambda} \frac{c_a^2 + c_s^2}{2}`, and the
-      probability of waiting :math:`\min(1, D \cdot C(c, a))` (a request in a burst queues
-      behind the burst's earlier members);
+``least-loaded`` (pooled)
+    A queue-aware router (least outstanding work, e.g. llm-d's scheduler or Dynamo's KV
+    router) keeps no instance idle while a request waits: the pool is one :math:`c`-server
+    queue at rate :math:`\lambda` (:math:`c = n`).
+``random`` (the default)
+    What a plain Kubernetes Service gives (kube-proxy picks a backend at random): Poisson
+    thinning makes each instance an independent queue at :math:`\lambda/n` with Poisson
+    arrivals (bursty input of index of dispersion :math:`D`: :math:`c_a^2 = 1 + (D-1)/n`).
+``round-robin``
+    Each instance receives every :math:`n`-th arrival: Erlang-:math:`n` interarrival times,
+    :math:`c_a^2 = 1/n` for Poisson input (:math:`D/n` for bursty input), an independent
+    single-server queue at :math:`\lambda/n` (:func:`routed_arrival_scv`).
+
+Independent queues wait far longer than one pooled queue at the same utilization (an idle
+instance does not help a request queued at a busy one), so pooling must be declared.
+
+``paper``
+    Li et al. (2026): exponential service with rate :math:`\mu = P_{max} / L_{in}` per
+    instance; the *mean* sojourn meets ``TTFT - T_overhead``. The count is the paper's closed
+    form for independent M/M/1 queues (``random``):
+    :math:`TP_P = P_{max} - L_{in}/(TTFT - T_{overhead})`, :math:`N_P = \lambda L_{in} / TP_P`,
+    a fractional count rounded by the configured rule; the predicted mean TTFT at a count
+    follows the router (M/M/c, M/M/1 or :math:`E_n/M/1` mean sojourn). Mean TTFT only.
+``mm1`` / ``mmc``
+    Exponential service with the mean service time, exact sojourn distribution: M/M/c (Erlang
+    C) pooled, M/M/1 at :math:`\lambda/n` under ``random``, :math:`E_n/M/1` under
+    ``round-robin`` (:func:`erlang_gm1_sigma`: the sojourn is exponential with rate
+    :math:`\mu(1-\sigma)`). The two names are kept for compatibility and mean the same model:
+    the router, not the name, decides pooling.
+``mg1`` / ``mgc``
+    Service-time variability from the input-length distribution, with the request's own
+    prefill time from its length: pooled M/G/c by Allen–Cunneen, M/G/1 per instance by
+    Pollaczek–Khinchine (``random``), G/G/1 per instance by Kingman
+    (``round-robin``, :math:`c_a^2 = 1/n`):
+
+    .. math:: W_q \approx \frac{C(c, a)}{c\mu - \lambda_q} \frac{c_a^2 + c_s^2}{2}
+
+    with :math:`\lambda_q` the queue's arrival rate and :math:`c` its servers; the wait is
+    taken as 0 with probability :math:`C(c, a)` (:math:`\rho` for one server) and otherwise
+    exponential (:func:`~planner.queueing.sojourn_quantile_mixture_s`). As for ``mm1`` /
+    ``mmc``, the two names mean the same model.
+``ggc`` (default)
+    As ``mgc``, for what the simulated oracle shows it misses (``docs/validation.md``):
+
+    * bursty arrivals — the arrivals' index of dispersion :math:`D`
+      (``Workload.arrival_dispersion``, 1 for Poisson), after routing, as :math:`c_a^2` in the
+      wait above, and the probability of waiting :math:`\min(1, D \cdot C(c, a))` pooled,
+      :math:`\min(1, \rho \max(1, c_a^2))` per instance (a request in a burst queues behind
+      the burst's earlier members);
     * batched (chunked) prefill — requests that arrive while one waits join its iteration and
       finish with it, so a waiting request's wait grows by the work of
       :math:`\rho W` that arrives behind it: :math:`W \to (1 + \rho) W`.
+
+References: L. Kleinrock, *Queueing Systems, Vol. 1*, 1975 (M/M/1, M/G/1, GI/M/1);
+J. F. C. Kingman, "The single server queue in heavy traffic", 1961; A. O. Allen,
+*Probability, Statistics, and Queueing Theory*, 1990 (Allen–Cunneen); Kubernetes
+documentation, "Virtual IPs and Service Proxies" (kube-proxy's random backend choice).
 
 Decode models
 -------------
@@ -76,6 +108,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+from scipy.optimize import brentq
 from scipy.special import pdtrc, pdtrik
 
 from planner.profile import DecodeCurve, FrozenModel, InstanceProfile, PrefillCurve
@@ -89,7 +122,13 @@ from planner.workload import SLO, Workload
 
 PrefillModelName = Literal["paper", "mm1", "mmc", "mg1", "mgc", "ggc"]
 DecodeModelName = Literal["paper", "littles", "poisson", "poisson-wait"]
-Router = Literal["least-loaded", "random"]
+#: How requests are spread over a pool's instances: ``least-loaded`` pools them (one queue),
+#: ``random`` and ``round-robin`` give each instance its own queue.
+Router = Literal["random", "round-robin", "least-loaded"]
+ROUTERS: tuple[Router, ...] = ("random", "round-robin", "least-loaded")
+#: What a plain Kubernetes Service gives: kube-proxy (iptables and nftables modes) picks a
+#: backend at random per connection; pooling must be declared (``least-loaded``).
+DEFAULT_ROUTER: Router = "random"
 
 PREFILL_MODELS: tuple[PrefillModelName, ...] = ("paper", "mm1", "mmc", "mg1", "mgc", "ggc")
 DECODE_MODELS: tuple[DecodeModelName, ...] = ("paper", "littles", "poisson", "poisson-wait")
@@ -155,6 +194,101 @@ def prefill_service_moments(curve: PrefillCurve, workload: Workload) -> tuple[fl
     return float(np.dot(service, p)), float(np.dot(service**2, p))
 
 
+def routed_arrival_scv(router: Router, replicas: int, dispersion: float = 1.0) -> float:
+    r"""Squared coefficient of variation of the arrivals at one queue, after routing.
+
+    ``dispersion`` :math:`D` is the index of dispersion of the arrivals reaching the pool
+    (1 for Poisson). With :math:`n` instances:
+
+    * ``least-loaded`` (pooled): the pool is one queue and sees the input, :math:`D`;
+    * ``random``: each instance receives an independent thinning with probability
+      :math:`1/n`, whose index of dispersion is :math:`1 + (D - 1)/n` (variance of a binomial
+      thinning: :math:`p^2 \mathrm{Var}[N] + p(1-p) E[N]`) — Poisson stays Poisson;
+    * ``round-robin``: each instance receives every :math:`n`-th arrival; its interarrival time
+      is the sum of :math:`n` input interarrival times, so :math:`c_a^2 = D / n` (Erlang-:math:`n`,
+      :math:`c_a^2 = 1/n`, for Poisson input).
+
+    Examples
+    --------
+    >>> routed_arrival_scv("random", 4), routed_arrival_scv("round-robin", 4)
+    (1.0, 0.25)
+    >>> routed_arrival_scv("random", 4, 9.0), routed_arrival_scv("least-loaded", 4, 9.0)
+    (3.0, 9.0)
+    """
+    if router == "least-loaded":
+        return dispersion
+    if router == "random":
+        return 1.0 + (dispersion - 1.0) / replicas
+    return dispersion / replicas
+
+
+def erlang_gm1_sigma(replicas: int, arrival_rate_per_s: float, service_rate_per_s: float) -> float:
+    r"""The root :math:`\sigma` of an :math:`E_n/M/1` queue (one instance under round-robin).
+
+    Round-robin over :math:`n` instances gives each one every :math:`n`-th arrival of a Poisson
+    stream of rate :math:`\lambda`: Erlang-:math:`n` interarrival times with Laplace transform
+    :math:`\tilde A(s) = (\lambda / (\lambda + s))^n`. For exponential service of rate
+    :math:`\mu` the queue is a GI/M/1 queue; :math:`\sigma` is the root in (0, 1) of
+
+    .. math:: \sigma = \tilde A(\mu (1 - \sigma))
+
+    (it exists when :math:`\rho = \lambda / (n\mu) < 1`). An arrival waits with probability
+    :math:`\sigma`, the wait given waiting is exponential with rate :math:`\mu(1-\sigma)`, and
+    the sojourn (wait + service) is exponential with that rate (Kleinrock 1975, section 6.4;
+    Gross et al. 2008, section 6.3). Returns 1 for an unstable queue.
+
+    Examples
+    --------
+    >>> round(erlang_gm1_sigma(1, 1.0, 2.0), 12)   # n = 1 is M/M/1: sigma = rho
+    0.5
+    """
+    return 1.0 - _erlang_gm1_gap(replicas, arrival_rate_per_s, service_rate_per_s)
+
+
+def _erlang_gm1_gap(replicas: int, arrival_rate_per_s: float, service_rate_per_s: float) -> float:
+    r""":math:`u = 1 - \sigma` of :func:`erlang_gm1_sigma`, solved in :math:`u` for precision.
+
+    :math:`g(u) = \tilde A(\mu u) - (1 - u) = \mathrm{expm1}(-n\,\mathrm{log1p}(\mu u/\lambda))
+    + u` keeps full relative precision however close :math:`\sigma` is to 1 (heavy traffic,
+    many instances). :math:`g(1) > 0`; near the trivial root :math:`u = 0`,
+    :math:`g(u) \approx u (1 - 1/\rho) < 0`. Returns 0 for an unstable queue.
+    """
+    lam, mu, n = arrival_rate_per_s, service_rate_per_s, replicas
+    if lam >= n * mu:
+        return 0.0
+
+    def excess(u: float) -> float:
+        return math.expm1(-n * math.log1p(mu * u / lam)) + u
+
+    lower = (1.0 - lam / (n * mu)) * 1e-3  # the root is near 2 (1 - rho) / (1 + 1/n)
+    while excess(lower) >= 0 and lower > 1e-300:
+        lower /= 16.0
+    return float(brentq(excess, lower, 1.0, xtol=lower * 1e-12, rtol=1e-14))
+
+
+def _exponential_sojourn(
+    router: Router, replicas: int, arrival_rate_per_s: float, service_mean_s: float
+) -> tuple[float, float, float]:
+    """(sojourn mean, mean wait, tail rate or nan) of exponential-service queues per router.
+
+    The tail rate is that of the exponential sojourn of an independent queue (M/M/1 or
+    E_n/M/1); nan for the pooled M/M/c (its sojourn is not exponential).
+    """
+    lam, mu, n = arrival_rate_per_s, 1.0 / service_mean_s, replicas
+    if router == "least-loaded":
+        queue_mean = erlang_c(n, lam * service_mean_s) / (n * mu - lam)
+        return queue_mean + service_mean_s, queue_mean, math.nan
+    if router == "random":
+        decay = mu - lam / n
+        wait_probability = lam / n / mu
+    else:
+        gap = _erlang_gm1_gap(n, lam, mu)
+        wait_probability, decay = 1.0 - gap, mu * gap
+    if decay <= 0:
+        return math.inf, math.inf, 0.0
+    return 1.0 / decay, wait_probability / decay, decay
+
+
 def predict_prefill(
     model: PrefillModelName,
     instance: InstanceProfile,
@@ -163,10 +297,13 @@ def predict_prefill(
     slo: SLO,
     budget: TTFTBudget,
     first_decode_step_s: float = 0.0,
+    router: Router = DEFAULT_ROUTER,
 ) -> PrefillPrediction:
     """Predict the TTFT (at the SLO percentile, and the mean) of ``replicas`` prefill instances.
 
-    See the module docstring for each model's formula and assumptions.
+    ``router`` sets the queueing topology (pooled behind ``least-loaded``, independent queues
+    under ``random`` and ``round-robin``); ``model`` the service and arrival assumptions. See the
+    module docstring for each model's formula and assumptions.
 
     Examples
     --------
@@ -175,11 +312,13 @@ def predict_prefill(
     ...                        decode_batch=[10, 20], decode_tpot_ms=[12.8, 16.4])
     >>> w = Workload.from_tokens_per_min(5e6, 6144, 512)
     >>> pred = predict_prefill("paper", p.instances[0], 4, w, SLO(ttft_s=2, tpot_ms=20),
-    ...                        TTFTBudget(overhead_s=0.1))
+    ...                        TTFTBudget(overhead_s=0.1), router="random")
     >>> round(pred.ttft_s, 3)  # 1 / (mu - lambda / 4) + 0.1 with mu = 28309 / 6144
     0.777
     """
     assert instance.prefill is not None
+    if router not in ROUTERS:
+        raise ValueError(f"router={router!r} must be one of {', '.join(ROUTERS)}")
     curve = instance.prefill
     lam = workload.rate_per_s
     mean_s, second_s2 = prefill_service_moments(curve, workload)
@@ -192,61 +331,47 @@ def predict_prefill(
         )
     utilization = lam * mean_s / replicas
     percentile = slo.ttft_percentile
+    overloaded = PrefillPrediction(
+        replicas, math.inf, math.inf, math.inf, own_mean, fixed_s, utilization
+    )
     if utilization >= 1:
-        return PrefillPrediction(
-            replicas, math.inf, math.inf, math.inf, own_mean, fixed_s, utilization
-        )
-    if model in ("paper", "mm1"):
-        # Exponential service with mean E[S]: the sojourn (wait + service) is Exp(mu - lambda_i).
-        mu = 1.0 / mean_s
-        gap = mu - lam / replicas
-        if gap <= 0:
-            return PrefillPrediction(
-                replicas, math.inf, math.inf, math.inf, own_mean, fixed_s, utilization
-            )
-        sojourn_mean = 1.0 / gap
-        queue_mean = sojourn_mean - mean_s
+        return overloaded
+    if model in ("paper", "mm1", "mmc"):
+        # Exponential service with mean E[S]: M/M/c pooled, M/M/1 or E_n/M/1 per instance.
+        sojourn_mean, queue_mean, decay = _exponential_sojourn(router, replicas, lam, mean_s)
+        if not math.isfinite(sojourn_mean):
+            return overloaded
         if model == "paper" or percentile is None:
             ttft = sojourn_mean + fixed_s
+        elif router == "least-loaded":
+            ttft = mmc_sojourn_quantile_s(lam, 1.0 / mean_s, replicas, percentile) + fixed_s
         else:
-            ttft = -math.log1p(-percentile) / gap + fixed_s
+            ttft = -math.log1p(-percentile) / decay + fixed_s
         return PrefillPrediction(
             replicas, ttft, sojourn_mean + fixed_s, queue_mean, mean_s, fixed_s, utilization
         )
-    if model == "mmc":
-        mu = 1.0 / mean_s
-        queue_mean = erlang_c(replicas, lam * mean_s) / (replicas * mu - lam)
-        sojourn_mean = queue_mean + mean_s
-        ttft = (
-            sojourn_mean
-            if percentile is None
-            else mmc_sojourn_quantile_s(lam, mu, replicas, percentile)
-        ) + fixed_s
-        return PrefillPrediction(
-            replicas, ttft, sojourn_mean + fixed_s, queue_mean, mean_s, fixed_s, utilization
-        )
-    # General service: mg1 (independent queues) or mgc (pooled).
+    # General service (mg1, mgc, ggc): one c-server queue at lambda when pooled, else one
+    # single-server queue per instance at lambda / n with the routed arrivals' variability.
     scv = max(second_s2 / mean_s**2 - 1.0, 0.0)
-    if model == "mg1":
-        lam_i = lam / replicas
-        queue_mean = lam_i * second_s2 / (2.0 * (1.0 - utilization))
-        wait_probability = utilization
-    elif model == "mgc":
-        queue_mean = mgc_wait_mean_s(lam, mean_s, scv, replicas)
-        wait_probability = erlang_c(replicas, lam * mean_s)
-    else:
-        # ggc: bursty arrivals (c_a^2 from the index of dispersion) and batched prefill (the
-        # requests that arrive while one waits join its iteration: the wait grows by 1 + rho).
-        arrival_scv = workload.arrival_dispersion
-        queue_mean = (
-            mgc_wait_mean_s(lam, mean_s, scv, replicas)
-            * (arrival_scv + scv)
-            / (1.0 + scv)
-            * (1.0 + utilization)
-        )
-        # Clustered arrivals find the pool busy more often than Poisson ones (a request in a
-        # burst queues behind the burst's earlier members): P(wait) grows with the dispersion.
-        wait_probability = min(erlang_c(replicas, lam * mean_s) * arrival_scv, 1.0)
+    pooled = router == "least-loaded"
+    servers, queue_rate = (replicas, lam) if pooled else (1, lam / replicas)
+    dispersion = workload.arrival_dispersion if model == "ggc" else 1.0
+    arrival_scv = routed_arrival_scv(router, replicas, dispersion)
+    # Allen-Cunneen (Kingman for one server): the M/G/c wait times (c_a^2 + c_s^2) / (1 + c_s^2);
+    # exact (Pollaczek-Khinchine) for Poisson arrivals at one server.
+    queue_mean = (
+        mgc_wait_mean_s(queue_rate, mean_s, scv, servers) * (arrival_scv + scv) / (1.0 + scv)
+    )
+    wait_probability = erlang_c(servers, queue_rate * mean_s)
+    if model == "ggc":
+        # Batched prefill: the requests that arrive while one waits join its iteration, so the
+        # wait grows by 1 + rho. Clustered arrivals find the queue busy more often than Poisson
+        # ones (a request in a burst queues behind the burst's earlier members): P(wait) grows
+        # with their dispersion (for one instance, never below rho: smoothing by round-robin is
+        # credited in the mean wait only).
+        queue_mean *= 1.0 + utilization
+        burst = dispersion if pooled else max(arrival_scv, 1.0)
+        wait_probability = min(wait_probability * burst, 1.0)
     ttft_mean = queue_mean + own_mean + fixed_s
     if percentile is None:
         ttft = ttft_mean
@@ -432,7 +557,7 @@ def predict_decode(
     replicas: int,
     workload: Workload,
     slo: SLO,
-    router: Router = "least-loaded",
+    router: Router = DEFAULT_ROUTER,
     kv_usage_limit: float = 0.95,
 ) -> DecodePrediction:
     """Predict the TPOT of ``replicas`` decode instances (see the module docstring).

@@ -41,6 +41,7 @@ from pydantic import Field, model_validator
 
 from planner.common import Role, replica_bounds_problem
 from planner.models import (
+    DEFAULT_ROUTER,
     DecodeModelName,
     DecodePrediction,
     PrefillModelName,
@@ -153,7 +154,9 @@ class PlanRequest(FrozenModel):
     models: ModelChoice = ModelChoice()
     rounding: Rounding = Rounding()
     ttft_budget: TTFTBudget = TTFTBudget()
-    router: Router = "least-loaded"
+    #: How requests reach the instances of each pool (:data:`planner.models.Router`): the
+    #: prefill queueing topology and the decode batch fluctuation depend on it.
+    router: Router = DEFAULT_ROUTER
     kv_usage_limit: float = Field(default=0.95, gt=0, le=1)
 
     @model_validator(mode="after")
@@ -434,6 +437,7 @@ def predict_at(
         request.slo,
         request.ttft_budget,
         first_decode_step_s(request, decode),
+        request.router,
     )
     return prefill, decode
 
@@ -468,7 +472,9 @@ def plan_prefill(
     target = f"TTFT {_tag(sized_percentile(request, 'prefill'))} {slo.ttft_s:g} s"
 
     def predict(n: int) -> PrefillPrediction:
-        return predict_prefill(model, instance, n, workload, slo, budget, first_decode_step_s)
+        return predict_prefill(
+            model, instance, n, workload, slo, budget, first_decode_step_s, request.router
+        )
 
     def result(
         replicas: int, binding: str, feasible: bool, reason: str, fractional: float | None
@@ -551,9 +557,8 @@ def plan_prefill(
             f"utilization {pred.utilization:.0%}, the queue grows without bound"
         )
         return result(replicas, "overloaded", False, reason, fractional)
-    return result(
-        replicas, binding, True, f"{replicas} x {instance.key}: {_describe_ttft(pred)}", fractional
-    )
+    reason = f"{replicas} x {instance.key} ({request.router} router): {_describe_ttft(pred)}"
+    return result(replicas, binding, True, reason, fractional)
 
 
 def plan_decode(request: PlanRequest, instance: InstanceProfile) -> RolePlan:

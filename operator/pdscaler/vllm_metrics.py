@@ -170,6 +170,22 @@ class RoleQuery:
     """Sub-window of the arrival counts for the index of dispersion (prefill; None: not read)."""
 
 
+COVERAGE_MIN = 0.9
+"""Least share of a full window's samples a series must have in the rate window (one sample
+of slack): below it the rates understate the load."""
+REFERENCE_WINDOWS = 5
+"""A full window's sample count is the most any of the last this many windows held."""
+
+
+def shorten(text: str, limit: int = 200) -> str:
+    """``text`` cut to ``limit`` characters, an ellipsis marking the cut.
+
+    >>> shorten("abcdef", 4)
+    'abc…'
+    """
+    return text if len(text) <= limit else text[: max(limit - 1, 0)] + "…"
+
+
 def _tag(expr: str, tag: str) -> str:
     return f'label_replace({expr}, "{TAG}", "{tag}", "", "")'
 
@@ -193,6 +209,15 @@ def role_expressions(q: RoleQuery) -> list[tuple[str, str]]:
         add("running", f"sum({running}{{{sel}}})")
         add("instances", f"count({running}{{{sel}}})")
         add("age_s", f"time() - max(timestamp({running}{{{sel}}}))")
+        # Coverage of the window: samples now against the most a window held recently (plus
+        # one of slack), and series with no sample in the window before (new, or back after a
+        # gap). A rate() over a partly covered window understates the load.
+        series = f"{running}{{{sel}}}"
+        reference = _window(q.window_s * REFERENCE_WINDOWS)
+        add("coverage", f"min((count_over_time({series}[{w}]) + 1) / "
+                        f"max_over_time(count_over_time({series}[{w}])[{reference}:{w}]))")
+        add("new_series", f"count(count_over_time({series}[{w}]) unless "
+                          f"count_over_time({series}[{w}] offset {w}))")
     if "waiting" in names:
         waiting = names["waiting"]
         add("waiting", f"sum({waiting}{{{sel}}})")
@@ -268,6 +293,10 @@ class RoleMetrics:
 
     instances: int | None = None
     age_s: float | None = None
+    coverage: float | None = None
+    """Least share (one sample of slack) of a full window's samples of a ``running`` series."""
+    new_series: int | None = None
+    """``running`` series with no sample in the window before this one."""
     running: float | None = None
     waiting: float | None = None
     queue_growth_per_s: float | None = None
@@ -311,6 +340,9 @@ class Observation:
     """Fresh series report no arrivals at all in the window (rate 0)."""
     dispersion: DispersionEstimate | None = None
     """Measured index of dispersion of arrivals (``None``: not asked for)."""
+    doubtful: tuple[str, ...] = ()
+    """Why the rates may understate the load: a series covers only part of the window (it
+    appeared, or came back after a gap, inside it). Enough to scale up on, not to scale in."""
 
     @property
     def available(self) -> bool:
@@ -348,6 +380,8 @@ def parse_role(
     metrics = RoleMetrics(
         instances=int(instances) if instances is not None else None,
         age_s=scalars.get("age_s"),
+        coverage=scalars.get("coverage"),
+        new_series=int(scalars["new_series"] or 0) if scalars.get("new_series") else None,
         running=scalars.get("running"),
         waiting=scalars.get("waiting"),
         queue_growth_per_s=scalars.get("queue_growth_per_s"),
@@ -445,12 +479,22 @@ def build_observation(
     """Turn the combined query's answer into per-role metrics and, if complete, a workload.
 
     Required: for both roles a fresh ``running`` gauge (newest sample at most ``max_age_s``
-    old); on prefill the request rate and prompt lengths; on decode the output lengths. Each
-    missing, stale or NaN one is named in :attr:`Observation.missing`.
+    old, not NaN); on prefill the request rate and prompt lengths; on decode the output
+    lengths. Each missing, stale or NaN one is named in :attr:`Observation.missing`.
+
+    Coverage: a ``rate()`` over a window whose samples start inside it (a failed scrape, a
+    stopped Prometheus, a new replica) divides a partial increase by the whole window and
+    understates the load. The scrape interval is not known here, so a full window's sample count
+    is taken from the data: the most any of the last :data:`REFERENCE_WINDOWS` windows held. A
+    role is named in :attr:`Observation.doubtful` (the numbers are then a lower bound on the
+    load) when a ``running`` series has fewer than :data:`COVERAGE_MIN` of that count (with one
+    sample of slack), or had no sample in the window before this one (it is new, or back after
+    a gap longer than the window).
     """
     by_role = {q.role: q for q in queries}
     metrics: dict[Role, RoleMetrics] = {}
     missing: list[str] = []
+    doubtful: list[str] = []
     names: dict[str, str] = {}
     for role in ROLES:
         query = by_role[role]
@@ -467,6 +511,19 @@ def build_observation(
             checks.append(("running", age is not None and age <= max_age_s,
                            f"stale: newest sample {age:.0f} s old" if age is not None
                            else "stale"))
+            checks.append(("running", "running" not in nan_tags, "NaN"))
+            series = f"{query.names['running']}{{{shorten(query.selector)}}}"
+            coverage = role_metrics.coverage
+            if coverage is not None and coverage < COVERAGE_MIN:
+                doubtful.append(
+                    f"{role}: {series} has {min(coverage, 1.0):.0%} of the samples of a full "
+                    f"{query.window_s:g} s window"
+                )
+            if role_metrics.new_series:
+                doubtful.append(
+                    f"{role}: {role_metrics.new_series} {series} series had no sample in the "
+                    f"{query.window_s:g} s before the window"
+                )
         if role == "prefill":
             checks.append(("requests", role_metrics.rate_per_s is not None,
                            "NaN" if "rate_per_s" in nan_tags else "no series"))
@@ -480,7 +537,7 @@ def build_observation(
         for key, ok, what in checks:
             if not ok:
                 name = query.names.get(key) or "|".join(CATALOGUE[key].names)
-                missing.append(f"{role}: {name}{{{query.selector}}} ({what})")
+                missing.append(f"{role}: {name}{{{shorten(query.selector)}}} ({what})")
     prefill, decode = metrics["prefill"], metrics["decode"]
     rate: float | None = None
     if prefill.rate_per_s is not None:
@@ -510,6 +567,7 @@ def build_observation(
         metric_names=names,
         idle=idle,
         dispersion=measured_dispersion(prefill, sub_window_s) if sub_window_s else None,
+        doubtful=tuple(doubtful) if not missing else (),
     )
 
 
@@ -631,4 +689,5 @@ __all__ = [
     "read_observation",
     "role_expressions",
     "selector",
+    "shorten",
 ]

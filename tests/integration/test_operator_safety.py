@@ -74,7 +74,9 @@ def test_a_metrics_outage_holds_replicas(
     pair.decode.set_down(False)
     wait_for(lambda: cluster.replicas("prefill") == 3 and cluster.replicas("decode") == 2, 90,
              what="scale-in to 3P/2D once the metrics are back")
-    assert _condition(cluster, "llm", "MetricsAvailable")["status"] == "True"
+    # The status is written after the /scale writes of the same reconcile.
+    wait_for(lambda: _condition(cluster, "llm", "MetricsAvailable")["status"] == "True", 30,
+             what="MetricsAvailable=True")
 
 
 def test_prometheus_unreachable_holds_and_keeps_running(
@@ -161,7 +163,7 @@ def test_the_operator_refuses_to_start_on_bad_settings(
                    {**env, "PDSCALER_PROMETHEUS_URL": "prometheus:9090"})
     assert bad.returncode == 2
     assert "PDSCALER_PROMETHEUS_URL='prometheus:9090'" in bad.stderr
-    assert "--default-interval-s=0.0" in bad.stderr
+    assert "--interval=0.0" in bad.stderr
     no_scope = _run_cli(["--standalone"], env)
     assert no_scope.returncode == 2 and "--all-namespaces" in no_scope.stderr
     # A cluster that cannot be reached: refused at start, after a few quick retries.

@@ -59,8 +59,9 @@ PROFILE: dict[str, Any] = {
          ]}},
     ],
 }
-"""With 1000 input / 100 output tokens, TTFT p90 0.5 s and TPOT 20 ms the planner gives
-1P/1D at 5 req/s, 3P/2D at 20 req/s and 5P/3D at 40 req/s."""
+"""With 1000 input / 100 output tokens, TTFT p90 0.5 s and TPOT 20 ms the planner gives, behind
+the least-loaded router :func:`pdd_spec` declares, 1P/1D at 5 req/s, 3P/2D at 20 req/s and 5P/3D
+at 40 req/s (the default random router: 1P/1D, 4P/2D, 7P/3D)."""
 
 
 # ----------------------------------------------------------------------------- fake vLLM
@@ -365,6 +366,8 @@ def pdd_spec(
         "decode": {"scaleTargetRef": {"kind": "Deployment", "name": decode},
                    "gpusPerReplica": 1, "minReplicas": 1, "maxReplicas": 10},
         "behavior": {"intervalS": interval_s, "scaleDownStabilizationS": 0, "tolerance": 0},
+        # The pools sit behind a queue-aware router (one pooled queue per role).
+        "planner": {"router": "least-loaded"},
     }
     if pair is not None:
         spec["workload"] = {"source": "Prometheus",

@@ -151,6 +151,7 @@ def test_refused_credentials_are_named(
     finally:
         client.close()
     assert "HTTP 401" in str(err.value)
+    assert err.value.reason == "PrometheusAuthFailed"
     assert PASSWORD not in str(err.value) and "not-the-password" not in str(err.value)
     hint = "check user:pass in" if credentials == "wrong" else "none were given"
     assert hint in str(err.value)

@@ -240,8 +240,10 @@ def test_default_policy() -> None:
 
 def test_edge_values_of_the_inputs() -> None:
     assert policy(min_replicas=4, max_replicas=4).clamp(9) == 4
-    assert policy(max_replicas=0).clamp(3) == 0
-    assert decide(role(2, 5), policy(max_replicas=0), NOW).desired_replicas == 0
+    assert policy(max_replicas=1).clamp(3) == 1
+    assert decide(role(2, 5), policy(max_replicas=1), NOW).desired_replicas == 1
+    with pytest.raises(ValueError, match="maxReplicas=0 must be >= 1"):
+        policy(max_replicas=0)
     assert Sample(time_s=0.0, replicas=0).replicas == 0
     with pytest.raises(ValueError, match="time_s"):
         Sample(time_s=float("inf"), replicas=1)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -31,6 +32,7 @@ from scipy import integrate, stats
 
 from planner.importers import import_paper_table
 from planner.models import (
+    PrefillPrediction,
     TTFTBudget,
     decode_wait_factor,
     paper_decode_fit,
@@ -68,6 +70,15 @@ PREFILL = InstanceProfile(
     prefill=PrefillCurve(points=(PrefillPoint(input_tokens=1000,
                                               max_throughput_tokens_per_s=10_000.0),)),
 )
+
+
+def _predict_prefill(model: str, *args: Any, **kwargs: Any) -> PrefillPrediction:
+    """The prefill model under the router its reference closed form assumes: the pooled forms
+    (Erlang C, Allen–Cunneen, the batched G/G/c wait) behind a least-loaded router; one queue per
+    instance (M/M/1, Pollaczek–Khinchine at lambda/n, the paper's M/M/1) behind a random one."""
+    pooled = model in ("mmc", "mgc", "ggc")
+    kwargs.setdefault("router", "least-loaded" if pooled else "random")
+    return predict_prefill(model, *args, **kwargs)  # type: ignore[arg-type]
 
 
 def _decode_instance(**curve: object) -> InstanceProfile:
@@ -265,29 +276,29 @@ def test_service_moments_by_hand() -> None:
 def test_mm1_per_instance(model: str) -> None:
     budget = TTFTBudget(overhead_s=0.05, kv_transfer_fixed_s=0.01)
     w = Workload.from_means(RATE_PER_S, 1000, 10)
-    mean = predict_prefill(model, PREFILL, REPLICAS, w, _mean_slo(), budget)  # type: ignore[arg-type]
+    mean = _predict_prefill(model, PREFILL, REPLICAS, w, _mean_slo(), budget)
     # mu = 10, lambda_i = 7.5: sojourn 1/2.5 = 0.4 s, plus 0.05 + 0.01 fixed
     assert mean.ttft_s == pytest.approx(0.46, rel=1e-12)
     assert mean.ttft_mean_s == pytest.approx(0.46, rel=1e-12)
     assert mean.queue_mean_s == pytest.approx(0.3, rel=1e-12)  # 0.4 - 0.1
     assert mean.utilization == pytest.approx(0.75, rel=1e-12)
-    p90 = predict_prefill(model, PREFILL, REPLICAS, w, _pct_slo(0.9), budget)  # type: ignore[arg-type]
+    p90 = _predict_prefill(model, PREFILL, REPLICAS, w, _pct_slo(0.9), budget)
     # mm1: p90 of Exp(2.5) = ln(10)/2.5 = 0.921034 s; the paper model is mean-only
     expected = 0.46 if model == "paper" else math.log(10) / 2.5 + 0.06
     assert p90.ttft_s == pytest.approx(expected, rel=1e-12)
     # three instances: lambda_i = 5, sojourn 1/5 = 0.2 s
-    three = predict_prefill(model, PREFILL, 3, w, _mean_slo(), budget)  # type: ignore[arg-type]
+    three = _predict_prefill(model, PREFILL, 3, w, _mean_slo(), budget)
     assert three.ttft_s == pytest.approx(0.26, rel=1e-12)
 
 
 def test_mmc_pooled() -> None:
     w = Workload.from_means(RATE_PER_S, 1000, 10)
     budget = TTFTBudget(overhead_s=0.05)
-    mean = predict_prefill("mmc", PREFILL, REPLICAS, w, _mean_slo(), budget)
+    mean = _predict_prefill("mmc", PREFILL, REPLICAS, w, _mean_slo(), budget)
     # Wq = 9/70 = 0.128571 s; TTFT = 0.128571 + 0.1 + 0.05
     assert mean.queue_mean_s == pytest.approx(9 / 70, rel=1e-12)
     assert mean.ttft_s == pytest.approx(9 / 70 + 0.15, rel=1e-12)
-    p90 = predict_prefill("mmc", PREFILL, REPLICAS, w, _pct_slo(0.9), budget)
+    p90 = _predict_prefill("mmc", PREFILL, REPLICAS, w, _pct_slo(0.9), budget)
     assert p90.ttft_s == pytest.approx(
         _mmc_quantile_by_integration(RATE_PER_S, 10.0, 2, 0.9) + 0.05, rel=1e-7
     )
@@ -296,13 +307,13 @@ def test_mmc_pooled() -> None:
 
 def test_mg1_uses_the_per_instance_rate() -> None:
     budget = TTFTBudget(overhead_s=0.05, kv_transfer_s_per_token=1e-5)
-    mean = predict_prefill("mg1", PREFILL, REPLICAS, _two_lengths(), _mean_slo(), budget)
+    mean = _predict_prefill("mg1", PREFILL, REPLICAS, _two_lengths(), _mean_slo(), budget)
     # PK per instance: lambda_i = 7.5: 7.5 * 0.0125 / (2 (1 - 0.75)) = 0.1875 s
     assert mean.queue_mean_s == pytest.approx(0.1875, rel=1e-12)
     # own time: S(L) + 1e-5 L = 0.055 or 0.165 s, mean 0.11 s; TTFT 0.1875 + 0.11 + 0.05
     assert mean.compute_mean_s == pytest.approx(0.11, rel=1e-12)
     assert mean.ttft_s == pytest.approx(0.3475, rel=1e-12)
-    p90 = predict_prefill("mg1", PREFILL, REPLICAS, _two_lengths(), _pct_slo(0.9), budget)
+    p90 = _predict_prefill("mg1", PREFILL, REPLICAS, _two_lengths(), _pct_slo(0.9), budget)
     # P(wait) = rho = 0.75 for M/G/1
     expected = _mixture_quantile([0.055, 0.165], [0.5, 0.5], 0.75, 0.1875, 0.9) + 0.05
     assert p90.ttft_s == pytest.approx(expected, rel=1e-7)
@@ -310,12 +321,12 @@ def test_mg1_uses_the_per_instance_rate() -> None:
 
 def test_mgc_allen_cunneen() -> None:
     budget = TTFTBudget(overhead_s=0.05)
-    mean = predict_prefill("mgc", PREFILL, REPLICAS, _two_lengths(), _mean_slo(), budget)
+    mean = _predict_prefill("mgc", PREFILL, REPLICAS, _two_lengths(), _mean_slo(), budget)
     # (9/14)/5 * (1 + 0.25)/2 = 0.080357 s; TTFT = 0.080357 + 0.1 + 0.05
     wait = 9 / 70 * 0.625
     assert mean.queue_mean_s == pytest.approx(wait, rel=1e-12)
     assert mean.ttft_s == pytest.approx(wait + 0.15, rel=1e-12)
-    p99 = predict_prefill("mgc", PREFILL, REPLICAS, _two_lengths(), _pct_slo(0.99), budget)
+    p99 = _predict_prefill("mgc", PREFILL, REPLICAS, _two_lengths(), _pct_slo(0.99), budget)
     expected = _mixture_quantile([0.05, 0.15], [0.5, 0.5], ERLANG_C_2_15, wait, 0.99) + 0.05
     assert p99.ttft_s == pytest.approx(expected, rel=1e-7)
 
@@ -336,13 +347,13 @@ def test_mgc_allen_cunneen() -> None:
 def test_ggc_bursty_batched(dispersion: float, wait_s: float, p_wait: float) -> None:
     budget = TTFTBudget(overhead_s=0.05, kv_transfer_fixed_s=0.02, kv_transfer_s_per_token=1e-5)
     w = _two_lengths(dispersion=dispersion)
-    mean = predict_prefill("ggc", PREFILL, REPLICAS, w, _mean_slo(), budget)
+    mean = _predict_prefill("ggc", PREFILL, REPLICAS, w, _mean_slo(), budget)
     assert mean.queue_mean_s == pytest.approx(wait_s, rel=1e-12)
     # own 0.055 / 0.165 s (mean 0.11), fixed 0.05 + 0.02
     assert mean.ttft_s == pytest.approx(wait_s + 0.11 + 0.07, rel=1e-12)
     assert mean.overhead_mean_s == pytest.approx(0.07, rel=1e-12)
     for p in (0.5, 0.9, 0.99):
-        pred = predict_prefill("ggc", PREFILL, REPLICAS, w, _pct_slo(p), budget)
+        pred = _predict_prefill("ggc", PREFILL, REPLICAS, w, _pct_slo(p), budget)
         expected = _mixture_quantile([0.055, 0.165], [0.5, 0.5], p_wait, wait_s, p) + 0.07
         assert pred.ttft_s == pytest.approx(expected, rel=1e-7), p
         assert pred.ttft_mean_s == pytest.approx(wait_s + 0.18, rel=1e-12)
@@ -350,8 +361,8 @@ def test_ggc_bursty_batched(dispersion: float, wait_s: float, p_wait: float) -> 
 
 def test_first_decode_step_counts_only_when_asked() -> None:
     w = Workload.from_means(RATE_PER_S, 1000, 10)
-    without = predict_prefill("mmc", PREFILL, REPLICAS, w, _mean_slo(), TTFTBudget(), 0.02)
-    with_step = predict_prefill("mmc", PREFILL, REPLICAS, w, _mean_slo(),
+    without = _predict_prefill("mmc", PREFILL, REPLICAS, w, _mean_slo(), TTFTBudget(), 0.02)
+    with_step = _predict_prefill("mmc", PREFILL, REPLICAS, w, _mean_slo(),
                                 TTFTBudget(include_first_decode_step=True), 0.02)
     assert without.ttft_s == pytest.approx(9 / 70 + 0.1, rel=1e-12)
     assert with_step.ttft_s == pytest.approx(9 / 70 + 0.12, rel=1e-12)
@@ -361,9 +372,9 @@ def test_first_decode_step_counts_only_when_asked() -> None:
 def test_overload_and_no_replicas_are_infinite(model: str) -> None:
     w = Workload.from_means(20.0, 1000, 10)  # a = 2: two instances at rho = 1
     for replicas in (0, 2):
-        pred = predict_prefill(model, PREFILL, replicas, w, _mean_slo(), NO_BUDGET)  # type: ignore[arg-type]
+        pred = _predict_prefill(model, PREFILL, replicas, w, _mean_slo(), NO_BUDGET)
         assert pred.ttft_s == math.inf and pred.queue_mean_s == math.inf
-    assert predict_prefill(model, PREFILL, 3, w, _mean_slo(), NO_BUDGET).ttft_s < math.inf  # type: ignore[arg-type]
+    assert _predict_prefill(model, PREFILL, 3, w, _mean_slo(), NO_BUDGET).ttft_s < math.inf
 
 
 @pytest.mark.parametrize("model", ["mm1", "mmc"])
@@ -373,8 +384,8 @@ def test_exponential_models_count_per_token_kv_transfer(model: str) -> None:
     # The module docstring's TTFT budget includes t_kv(L) = t_kv1 L for every prefill model:
     # 1e-5 s/token at 1000 tokens is 0.01 s on top of the same pool without transfer.
     w = Workload.from_means(RATE_PER_S, 1000, 10)
-    plain = predict_prefill(model, PREFILL, REPLICAS, w, _mean_slo(), NO_BUDGET)  # type: ignore[arg-type]
-    kv = predict_prefill(model, PREFILL, REPLICAS, w, _mean_slo(),  # type: ignore[arg-type]
+    plain = _predict_prefill(model, PREFILL, REPLICAS, w, _mean_slo(), NO_BUDGET)
+    kv = _predict_prefill(model, PREFILL, REPLICAS, w, _mean_slo(),
                          TTFTBudget(kv_transfer_s_per_token=1e-5))
     assert kv.ttft_s == pytest.approx(plain.ttft_s + 0.01, rel=1e-12)
 
@@ -427,15 +438,20 @@ def test_paper_decode_model_inverts_the_published_fit() -> None:
 
 def test_paper_decode_fit_with_two_points_is_a_line() -> None:
     # Two benchmark points: (TPOT 12.8 ms, 10 * 1000/12.8 = 781.25 tokens/s) and
-    # (16.4 ms, 20 * 1000/16.4 = 1219.512 tokens/s); the line through them at 20 ms:
-    # 781.25 + (1219.512 - 781.25) / 3.6 * 7.2 = 781.25 + 2 * 438.262 = 1657.774 tokens/s
+    # (16.4 ms, 20 * 1000/16.4 = 1219.512 tokens/s); the line through them at 14.6 ms (inside
+    # the measured range): 781.25 + (1219.512 - 781.25) / 3.6 * 1.8 = 1000.381 tokens/s.
+    # A 20 ms target lies beyond the measured TPOTs: the fit is not extrapolated, the
+    # throughput at the largest measured TPOT (1219.512) is used.
     profiles = import_paper_table(input_tokens=6144, prefill_max_throughput_tokens_per_s=28309,
                                   decode_batch=[10, 20], decode_tpot_ms=[12.8, 16.4])
     w = Workload.from_tokens_per_min(5e6, 6144, 512)
     low, high = 10_000 / 12.8, 20_000 / 16.4
-    expected = low + (high - low) / 3.6 * 7.2
-    got = paper_decode_throughput_tokens_per_s(profiles.instances[1], w, SLO(ttft_s=2, tpot_ms=20))
-    assert got == pytest.approx(expected, rel=1e-9)
+    inside = paper_decode_throughput_tokens_per_s(profiles.instances[1], w,
+                                                  SLO(ttft_s=2, tpot_ms=14.6))
+    assert inside == pytest.approx(low + (high - low) / 3.6 * 1.8, rel=1e-9)
+    beyond = paper_decode_throughput_tokens_per_s(profiles.instances[1], w,
+                                                  SLO(ttft_s=2, tpot_ms=20))
+    assert beyond == pytest.approx(high, rel=1e-9)
 
 
 def test_paper_prefill_model_is_mean_mm1() -> None:
@@ -444,7 +460,7 @@ def test_paper_prefill_model_is_mean_mm1() -> None:
     mu = 28309 / 6144
     lam = 5e6 / 60 / 6656
     for n in (3, 4, 5):
-        pred = predict_prefill("paper", paper_profiles().instances[0], n, w,
+        pred = _predict_prefill("paper", paper_profiles().instances[0], n, w,
                                SLO(ttft_s=2.0, tpot_ms=20.0), TTFTBudget(overhead_s=0.1))
         assert pred.ttft_s == pytest.approx(1 / (mu - lam / n) + 0.1, rel=1e-9)
 
@@ -668,7 +684,7 @@ def test_mmc_prediction_against_a_simulated_queue() -> None:
     arrivals = np.cumsum(rng.exponential(1 / RATE_PER_S, n))
     sojourn = _fifo_c_servers(arrivals, rng.exponential(0.1, n), 2)[5_000:]
     w = Workload.from_means(RATE_PER_S, 1000, 10)
-    mean = predict_prefill("mmc", PREFILL, 2, w, _mean_slo(), NO_BUDGET)
-    p90 = predict_prefill("mmc", PREFILL, 2, w, _pct_slo(0.9), NO_BUDGET)
+    mean = _predict_prefill("mmc", PREFILL, 2, w, _mean_slo(), NO_BUDGET)
+    p90 = _predict_prefill("mmc", PREFILL, 2, w, _pct_slo(0.9), NO_BUDGET)
     assert mean.ttft_s == pytest.approx(float(sojourn.mean()), rel=0.04)
     assert p90.ttft_s == pytest.approx(float(np.quantile(sojourn, 0.9)), rel=0.04)

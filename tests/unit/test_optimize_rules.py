@@ -57,7 +57,8 @@ def test_rounding_rules() -> None:
 
 def test_replica_bounds_validation() -> None:
     assert ReplicaBounds(min_replicas=3, max_replicas=3).max_replicas == 3
-    assert ReplicaBounds(min_replicas=0, max_replicas=0).min_replicas == 0
+    with pytest.raises(ValidationError, match="maxReplicas=0 must be >= 1"):
+        ReplicaBounds(min_replicas=0, max_replicas=0)
     assert ReplicaBounds().min_replicas == 0
     with pytest.raises(ValidationError, match="maxReplicas=2 is below minReplicas=3"):
         ReplicaBounds(min_replicas=3, max_replicas=2)
@@ -122,8 +123,8 @@ def test_paper_prefill_unreachable_ttft() -> None:
     # h200: L/P = 1000/9000 = 0.111 s; TTFT 0.2 s leaves 0.1 s after the 0.1 s overhead
     result = plan(_request({}, slo=SLO(ttft_s=0.2, tpot_ms=20.0), prefill_configs=("h200-p",)))
     assert not result.feasible
-    assert result.binding_constraint == "prefill.ttft"
-    assert result.prefill.reason == (
+    assert result.binding_constraint == "prefill.ttft_floor"
+    assert result.prefill.reason.startswith(
         "TTFT 0.2 s leaves 0.100 s after the 0.100 s overhead, not more than the prefill "
         "service time 0.111 s at 1000 input tokens")
     # no bound: the fluid count ceil(15/9 = 1.667) = 2; with a bound: the bound
@@ -132,7 +133,7 @@ def test_paper_prefill_unreachable_ttft() -> None:
     assert fewer is not None and fewer.replicas == 1
     capped = plan(_request({}, slo=SLO(ttft_s=0.2, tpot_ms=20.0), prefill_configs=("h200-p",),
                            prefill_bounds=ReplicaBounds(max_replicas=7)))
-    assert capped.prefill.replicas == 7
+    assert capped.prefill.replicas == 2  # an unreachable SLO keeps the lower bound, not the cap
 
 
 @pytest.mark.parametrize(
@@ -203,7 +204,7 @@ def test_maximum_replicas_bind() -> None:
     assert not result.feasible
     assert (result.prefill.replicas, result.prefill.binding) == (5, "max_replicas")
     assert result.binding_constraint == "prefill.max_replicas"
-    assert result.reason == ("prefill needs 8 replicas of prefill/a100-p for TTFT 1.1 s, "
+    assert result.reason == ("prefill needs 8 replicas of prefill/a100-p for TTFT mean 1.1 s, "
                              "above maxReplicas 5")
 
 
@@ -230,8 +231,8 @@ def test_one_fewer_is_predicted() -> None:
     assert fewer_p is not None and fewer_p.replicas == 1
     # one h200 prefill at 15 x 1/9 = 1.67: overloaded
     assert fewer_p.ttft_s == math.inf  # type: ignore[union-attr]
-    assert fewer_d is not None and fewer_d.replicas == 0
-    assert fewer_d.tpot_ms == math.inf  # type: ignore[union-attr]
+    # one decode replica: no role runs on zero replicas, so there is no one-fewer count
+    assert result.decode.replicas == 1 and fewer_d is None
 
 
 # ----------------------------------------------------------------------------- decode rules
@@ -239,9 +240,10 @@ def test_one_fewer_is_predicted() -> None:
 
 def test_tpot_below_the_single_request_tpot() -> None:
     result = plan(_request({}, slo=SLO(ttft_s=1.1, tpot_ms=9.0), decode_configs=("a100-d",)))
-    assert not result.feasible and result.binding_constraint == "decode.tpot"
-    assert result.decode.reason == ("TPOT 9 ms is below the single-request TPOT 10.00 ms at "
-                                    "context 1050 tokens on decode/a100-d")
+    assert not result.feasible and result.binding_constraint == "decode.tpot_floor"
+    assert result.decode.reason.startswith(
+        "TPOT mean 9 ms is below the single-request TPOT 10.00 ms at context 1050 tokens on "
+        "decode/a100-d")
     # fluid count ceil(1.63) = 2 without a bound, the bound with one
     assert result.decode.replicas == 2 and not result.decode.feasible
     fewer = result.decode.predicted_one_fewer
@@ -252,7 +254,7 @@ def test_tpot_below_the_single_request_tpot() -> None:
     assert light.decode.replicas == 1 and light.decode.predicted_one_fewer is None
     capped = plan(_request({}, slo=SLO(ttft_s=1.1, tpot_ms=9.0), decode_configs=("a100-d",),
                            decode_bounds=ReplicaBounds(max_replicas=4)))
-    assert capped.decode.replicas == 4
+    assert capped.decode.replicas == 2  # an unreachable SLO keeps the lower bound, not the cap
 
 
 def test_tpot_equal_to_the_single_request_tpot_is_reachable() -> None:
@@ -279,8 +281,8 @@ def test_context_larger_than_the_kv_cache() -> None:
     ))
     result = plan(_request({}, profiles=small))
     assert not result.feasible
-    assert result.decode.reason == ("one sequence's context 1050 tokens exceeds the usable KV "
-                                    "cache 950 tokens of decode/a100-d")
+    assert result.decode.reason.startswith("one sequence's context 1050 tokens exceeds the "
+                                           "usable KV cache 950 tokens of decode/a100-d")
 
 
 def test_kv_cache_binds_when_tpot_alone_would_allow_fewer() -> None:
@@ -315,8 +317,9 @@ def test_search_limit() -> None:
                     prefill_configs=("a100-p",), decode_configs=("h200-d",))
     result = plan(huge)
     assert not result.feasible
-    assert result.prefill.reason == "no replica count up to 100000 meets TTFT"
-    assert result.prefill.replicas == 333_334  # ceil of the fluid bound
+    assert result.prefill.reason.startswith("prefill needs more than 100000 replicas")
+    assert "above the planner's search limit of 100000 replicas" in result.prefill.reason
+    assert result.prefill.replicas == 100_000  # the search limit, not the fluid bound
 
 
 def test_search_gives_up_at_the_limit() -> None:
@@ -325,8 +328,9 @@ def test_search_gives_up_at_the_limit() -> None:
     result = plan(_request({}, workload=_request({}).workload.with_rate(150_000.0),
                            slo=SLO(ttft_s=1.1, tpot_ms=10.0001), decode_configs=("a100-d",)))
     assert not result.decode.feasible
-    assert result.decode.reason == "no replica count up to 100000 meets TPOT"
-    assert result.decode.replicas == math.ceil(result.decode.fluid_bound)
+    assert result.decode.reason.startswith("decode needs more than 100000 replicas")
+    assert result.decode.replicas == 100_000  # the search limit
+    assert math.ceil(result.decode.fluid_bound) == 16_337
 
 
 def test_plan_prefill_alone_has_no_decode_step() -> None:
@@ -337,10 +341,9 @@ def test_plan_prefill_alone_has_no_decode_step() -> None:
     assert alone.predicted.ttft_s == pytest.approx(1 / 1.5 + 0.1, rel=1e-9)  # type: ignore[union-attr]
 
 
-def test_zero_decode_replicas_allowed_by_the_bound() -> None:
-    result = plan(_request({}, decode_bounds=ReplicaBounds(max_replicas=0)))
-    assert result.decode.replicas == 0 and not result.decode.feasible
-    assert result.decode.predicted_one_fewer is None
+def test_a_zero_replica_cap_is_refused() -> None:
+    with pytest.raises(ValidationError, match="maxReplicas=0 must be >= 1"):
+        ReplicaBounds(max_replicas=0)
 
 
 def test_an_overloaded_decode_adds_no_step_to_ttft() -> None:

@@ -108,6 +108,10 @@ class FakeKube:
         return PoolCapacity(selector="", nodes=1, schedulable_nodes=1,
                             allocatable=float(self.free), requested=0.0)
 
+    def list_objects(self, group: str, version: str, plural: str, namespace: str
+                     ) -> list[dict[str, Any]]:
+        return []
+
     def post_event(self, involved: Mapping[str, Any], event_type: str, reason: str,
                    message: str, now_iso: str) -> None:
         self.events.append((event_type, reason, message))

@@ -463,3 +463,21 @@ def test_observe_passes_the_dispersion_sub_window_to_the_reader() -> None:
     assert obs.prefill.scrape_interval_s == pytest.approx(5.0, rel=0.02)
     assert obs.dispersion is not None and obs.dispersion.value is not None
     assert prom.observe(660.0).dispersion is None  # not asked for
+
+
+def test_unless_and_and_match_on_all_labels_but_the_name() -> None:
+    """The store's two pods are scraped from 0 s on. At 60 s both series have samples in
+    [30, 60] and in [0, 30] (2.42: closed ranges), so ``now unless before`` is empty and
+    ``now and before`` keeps both pods (matched on every label but the dropped name). At 30 s
+    the window before is [-30, 0]: both pods have their first sample at 0 s, so nothing is
+    new either; at 15 s with the previous window [-45, -15]: both are new, count 2."""
+    engine = Engine(_store(), PROMETHEUS_2_42)
+    now, before = "count_over_time(c_total[30s])", "count_over_time(c_total[30s] offset 30s)"
+    assert engine.query(f"{now} unless {before}", 60.0) == []
+    both = engine.query(f"{now} and {before}", 60.0)
+    assert sorted(lbl["pod"] for lbl, _ in both) == ["a", "b"]
+    assert engine.query(f"count({now} unless {before})", 30.0) == []
+    fresh = engine.query(f"count({now} unless count_over_time(c_total[30s] offset 60s))", 15.0)
+    assert _one_of(fresh) == 2
+    # ``unless`` binds tighter than ``or``: (now unless before) or now = now.
+    assert len(engine.query(f"{now} unless {before} or {now}", 60.0)) == 2

@@ -177,7 +177,7 @@ CASES = [
              "decode": TargetRead(TargetState(1, 1, "rv-decode"))}),
          "target_missing", [],
          {"SpecValid": ("True", "Valid"), "TargetsFound": ("False", "TargetNotFound"),
-          "Ready": ("False", "TargetNotFound")},
+          "Ready": ("False", "TargetNotFound"), "MetricsAvailable": ("Unknown", "NotRead")},
          ["TargetNotFound"]),
     Case("DryRun records the paper's 3P4D and scales nothing",
          make_input(spec_dict("DryRun")), "ok", [],
@@ -287,14 +287,15 @@ def test_idle_plans_min_replicas() -> None:
     assert outcome.status.binding_constraint == "idle"
 
 
-def test_infeasible_slo_is_reported_not_ready_planned() -> None:
+def test_infeasible_slo_is_reported_not_ready_and_held() -> None:
     # TTFT target below the zero-load TTFT: 6144 tokens at 28309 tokens/s alone take 0.217 s,
     # plus the 0.1 s overhead: no count of prefill replicas meets 0.2 s.
     spec = spec_dict("DryRun", slo={"ttftS": 0.2, "tpotMs": 20})
     outcome = tick(make_input(spec))
     assert outcome.status.feasible is False
-    assert conditions(outcome)["Ready"] == ("True", "PlannedInfeasible")
+    assert conditions(outcome)["Ready"] == ("False", "SLOUnreachable")
     assert outcome.status.prefill.feasible is False
+    assert outcome.status.prefill.recommended_replicas == 1
 
 
 def test_settle_applies_only_what_was_written() -> None:

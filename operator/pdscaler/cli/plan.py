@@ -38,6 +38,7 @@ from planner import (
     Workload,
     plan,
 )
+from planner.models import DEFAULT_ROUTER, ROUTERS
 from planner.paper import (
     INPUT_TOKENS,
     OUTPUT_TOKENS,
@@ -56,9 +57,6 @@ def _price(text: str) -> tuple[str, float]:
     if not sep or not gpu:
         raise argparse.ArgumentTypeError(f"price {text!r}: use GPU_TYPE=PRICE_PER_GPU_HOUR")
     return gpu, float(NON_NEGATIVE_FLOAT(amount))
-
-
-DEFAULT_ROUTER = "least-loaded"
 
 
 def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
@@ -168,8 +166,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"default: paper for the embedded example, else {defaults.decode}",
     )
     model.add_argument(
-        "--router", choices=("least-loaded", "random"), default=None,
-        help=f"how requests are spread over the instances (default {DEFAULT_ROUTER})",
+        "--router", choices=ROUTERS, default=None,
+        help=f"how requests reach the instances (default {DEFAULT_ROUTER}, what a plain "
+        "Kubernetes Service gives: independent queues); least-loaded for a queue-aware router "
+        "that pools them (one queue); round-robin: each instance gets every n-th request",
     )
     model.add_argument(
         "--kv-cache-tokens", type=POSITIVE_INT,

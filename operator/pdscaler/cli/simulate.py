@@ -35,6 +35,7 @@ from pdscaler.cli.args import (
 )
 from pdscaler.cli.inputs import load_profiles, load_trace, trace_rate_per_s
 from planner import SLO, LengthDistribution, PlanRequest, TTFTBudget, Workload, plan
+from planner.models import DEFAULT_ROUTER
 from planner.paper import INPUT_TOKENS, OUTPUT_TOKENS, TOTAL_TOKENS_PER_MIN, TPOT_MS, TTFT_S
 from planner.profile import InstanceProfile, ProfileSet
 from planner.simulate import (
@@ -111,8 +112,9 @@ def add_simulate_parser(subparsers: Any) -> None:
     pool.add_argument("--decode-config", help="decode instance config (as --prefill-config)")
     pool.add_argument("--prefill-replicas", type=POSITIVE_INT, help="prefill instances")
     pool.add_argument("--decode-replicas", type=POSITIVE_INT, help="decode instances")
-    pool.add_argument("--router", choices=ROUTERS, default="least-loaded",
-                      help="router of both pools (default least-loaded)")
+    pool.add_argument("--router", choices=ROUTERS, default=DEFAULT_ROUTER,
+                      help=f"router of both pools (default {DEFAULT_ROUTER}, what a plain "
+                      "Kubernetes Service gives; least-loaded: a queue-aware router)")
     pool.add_argument("--prefill-router", choices=ROUTERS,
                       help="prefill router (overrides --router)")
     pool.add_argument("--decode-router", choices=ROUTERS,
@@ -240,6 +242,7 @@ def build_config(
             workload=workload, slo=slo, profiles=profiles, ttft_budget=budget,
             prefill_configs=(args.prefill_config,) if args.prefill_config else None,
             decode_configs=(args.decode_config,) if args.decode_config else None,
+            router=args.prefill_router or args.router,
         )
         recommendation = plan(request)
         if p_count is None:

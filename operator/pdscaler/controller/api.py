@@ -24,7 +24,7 @@ from pydantic.alias_generators import to_camel
 
 from planner import ModelChoice
 from planner.common import ROLES, Role, replica_bounds_problem, validation_message
-from planner.models import DecodeModelName, PrefillModelName
+from planner.models import DEFAULT_ROUTER, DecodeModelName, PrefillModelName, Router
 
 GROUP = "pdscaler.io"
 VERSION = "v1alpha1"
@@ -43,6 +43,10 @@ K8S_LABEL_KEY = r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*
 HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 FORBIDDEN_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "host"})
 MAX_LABELS = 16
+MAX_MATCHER_VALUE = 1024
+"""Longest Prometheus matcher value (a label value or a regular expression), characters."""
+MAX_NODE_LABEL_VALUE = 63
+"""Longest Kubernetes label value."""
 MAX_HISTORY = 50
 _DEFAULT_MODELS = ModelChoice()
 
@@ -102,6 +106,7 @@ def _label_map_rule(field: str) -> dict[str, Any]:
     return {
         "default": {},
         "maxProperties": MAX_LABELS,
+        "additionalProperties": {"type": "string", "maxLength": MAX_MATCHER_VALUE},
         "x-kubernetes-validations": [
             {
                 "rule": "self.all(k, k.matches('^[a-zA-Z_][a-zA-Z0-9_]*$'))",
@@ -188,6 +193,8 @@ class NodePool(CrdModel):
         min_length=1,
         max_length=MAX_LABELS,
         description="Node labels selecting the pool (all must match).",
+        json_schema_extra={"additionalProperties": {
+            "type": "string", "maxLength": MAX_NODE_LABEL_VALUE}},
     )
     gpu_resource_name: str = Field(
         default="nvidia.com/gpu",
@@ -199,9 +206,12 @@ class NodePool(CrdModel):
     @field_validator("match_labels")
     @classmethod
     def _keys(cls, value: dict[str, str]) -> dict[str, str]:
-        for key in value:
+        for key, text in value.items():
             if not re.match(K8S_LABEL_KEY, key):
-                raise ValueError(f"matchLabels: {key!r} is not a valid label key")
+                raise ValueError(f"matchLabels: {key[:100]!r} is not a valid label key")
+            if len(text) > MAX_NODE_LABEL_VALUE:
+                raise ValueError(f"matchLabels: the value of {key!r} is longer than "
+                                 f"{MAX_NODE_LABEL_VALUE} characters")
         return value
 
 
@@ -234,9 +244,13 @@ class MetricSelector(CrdModel):
     def _label_names(cls, value: dict[str, str]) -> dict[str, str]:
         if len(value) > MAX_LABELS:
             raise ValueError(f"at most {MAX_LABELS} matchers")
-        for key in value:
+        for key, text in value.items():
             if not PROM_LABEL_NAME.match(key):
-                raise ValueError(f"{key!r} is not a Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*)")
+                raise ValueError(
+                    f"{key[:100]!r} is not a Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*)")
+            if len(text) > MAX_MATCHER_VALUE:
+                raise ValueError(f"the value of {key!r} is longer than {MAX_MATCHER_VALUE} "
+                                 "characters")
         return value
 
 
@@ -601,8 +615,14 @@ class PlannerSpec(CrdModel):
         le=604_800,
         description="Period of the seasonal forecast, seconds (a day by default).",
     )
-    router: Literal["least-loaded", "random"] = Field(
-        default="least-loaded", description="How requests are spread over the instances."
+    router: Router = Field(
+        default=DEFAULT_ROUTER,
+        description="How requests are spread over the instances of each pool. random (default): "
+        "what a plain Kubernetes Service gives (kube-proxy picks a backend at random), each "
+        "instance its own queue; round-robin: each instance gets every n-th request; "
+        "least-loaded: a queue-aware router (llm-d, Dynamo) that pools the instances into one "
+        "queue. Declare least-loaded only when such a router is in front: independent queues "
+        "wait far longer at the same load.",
     )
     rounding: Literal["ceil", "nearest", "floor"] = Field(
         default="ceil", description="Rounding of fractional replica counts (paper models)."

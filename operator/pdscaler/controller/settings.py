@@ -191,6 +191,23 @@ _ENV_FIELDS = {
 }
 
 
+FLAGS = {
+    "default_interval_s": "--interval",
+    "namespaces": "--namespace",
+    "peering_name": "--peering",
+}
+"""Command-line flags whose name is not the setting's name with dashes."""
+
+
+def flag_of(field: str) -> str:
+    """The command-line flag that sets ``field``.
+
+    >>> flag_of("default_interval_s"), flag_of("metrics_port")
+    ('--interval', '--metrics-port')
+    """
+    return FLAGS.get(field, "--" + field.replace("_", "-"))
+
+
 def _from_env(field: str, raw: str) -> Any:
     if field == "namespaces":
         return tuple(part.strip() for part in raw.split(",") if part.strip())
@@ -240,7 +257,7 @@ def load_settings(
         if value is None:
             continue
         values[field] = value
-        sources[field] = f"--{field.replace('_', '-')}={value!r}"
+        sources[field] = f"{flag_of(field)}={value!r}"
     try:
         return OperatorSettings.model_validate(values)
     except ValidationError as exc:

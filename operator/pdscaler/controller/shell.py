@@ -55,6 +55,7 @@ from pdscaler.controller.core import (
     ExternalAutoscaler,
     GaugeSample,
     Memo,
+    PeerClaim,
     ProfileDocument,
     Settled,
     TargetRead,
@@ -89,6 +90,10 @@ class KubePort(Protocol):
 
     def read_configmap(self, namespace: str, name: str, now_s: float) -> dict[str, str]: ...
 
+    def list_objects(
+        self, group: str, version: str, plural: str, namespace: str
+    ) -> list[dict[str, Any]]: ...
+
     def gpu_capacity(
         self, match_labels: Mapping[str, str], resource: str, now_s: float
     ) -> PoolCapacity | NodePoolEmpty: ...
@@ -111,6 +116,9 @@ class Runtime:
     memo: Memo = field(default_factory=Memo)
     written: dict[str, tuple[int, str]] = field(default_factory=dict)
     """Per object uid: resourceVersion and compact JSON of the status we last wrote."""
+    peers: dict[str, tuple[float, tuple[PeerClaim, ...]]] = field(default_factory=dict)
+    """Per namespace: when it was listed and the PDDeployments' targets (one LIST per
+    interval, shared by the namespace's objects)."""
     lock: threading.Lock = field(default_factory=threading.Lock)
     prometheus_with_headers: Callable[[str, Mapping[str, str]], QueryFn] | None = None
     """Queries with an object's own extra headers (``spec.workload.prometheus.headers``)."""
@@ -244,7 +252,7 @@ def read_workload(spec: PDDeploymentSpec, rt: Runtime, now_s: float) -> Workload
         )
     except MetricsError as exc:
         obs.ERRORS.labels("prometheus").inc()
-        return WorkloadRead(problem=("PrometheusUnreachable", str(exc)))
+        return WorkloadRead(problem=(exc.reason, str(exc)))
     return WorkloadRead(observation=observation)
 
 
@@ -284,6 +292,44 @@ def read_free_gpus(
     return free, empty
 
 
+def _claims(item: Mapping[str, Any]) -> PeerClaim | None:
+    meta = item.get("metadata") or {}
+    spec = item.get("spec") or {}
+    targets: set[str] = set()
+    for role in ROLES:
+        ref = (spec.get(role) or {}).get("scaleTargetRef") or {}
+        if isinstance(ref, dict) and ref.get("kind") and ref.get("name"):
+            targets.add(f"{str(ref['kind']).lower()}/{ref['name']}")
+    if not meta.get("name"):
+        return None
+    created = meta.get("creationTimestamp")
+    return PeerClaim(name=str(meta["name"]), created=str(created) if created else None,
+                     targets=frozenset(targets))
+
+
+def read_peers(namespace: str, rt: Runtime, now_s: float) -> tuple[PeerClaim, ...]:
+    """The namespace's PDDeployments and their targets: one LIST, cached for the default
+    interval. A LIST that is refused (RBAC) counts as no peers; transient errors propagate."""
+    with rt.lock:
+        cached = rt.peers.get(namespace)
+    if cached is not None and 0 <= now_s - cached[0] < rt.settings.default_interval_s:
+        return cached[1]
+    try:
+        items = rt.kube.list_objects(GROUP, VERSION, PLURAL, namespace)
+    except KubeError as exc:
+        if exc.status in (0, 429) or exc.status >= 500:
+            raise
+        log.warning("cannot list PDDeployments", extra={"namespace": namespace,
+                                                         "error": str(exc)})
+        items = []
+    peers = tuple(p for p in (_claims(item) for item in items) if p is not None)
+    with rt.lock:
+        if len(rt.peers) > 10_000:
+            rt.peers.clear()
+        rt.peers[namespace] = (now_s, peers)
+    return peers
+
+
 def read_input(
     body: Mapping[str, Any], rt: Runtime, now_s: float, previous: Mapping[str, Any]
 ) -> TickInput:
@@ -295,6 +341,7 @@ def read_input(
     common: dict[str, Any] = {
         "now_s": now_s, "namespace": namespace, "name": name,
         "annotations": dict(meta.get("annotations") or {}),
+        "created": meta.get("creationTimestamp"),
         "generation": meta.get("generation"), "previous": parse_status(previous),
         "settings": settings, "memo": rt.memo,
     }
@@ -307,9 +354,10 @@ def read_input(
     if any(t.state is None for t in targets.values()):
         return TickInput(spec=spec, spec_error=None, profiles=profiles, targets=targets,
                          **common)
+    peers = read_peers(namespace, rt, now_s)
     free, empty = read_free_gpus(spec, rt, now_s)
     return TickInput(
-        spec=spec, spec_error=None, profiles=profiles, targets=targets,
+        spec=spec, spec_error=None, profiles=profiles, targets=targets, peers=peers,
         workload=read_workload(spec, rt, now_s), free_gpus=free, empty_pools=empty,
         autoscalers=read_autoscalers(spec, namespace, rt, now_s), **common,
     )

@@ -299,10 +299,21 @@ class _Parser:
         return node
 
     def expr_or(self) -> Node:
-        node = self.expr_add()
+        node = self.expr_and()
         while self.accept("or"):
-            node = Binary("or", node, self.expr_add())
+            node = Binary("or", node, self.expr_and())
         return node
+
+    def expr_and(self) -> Node:
+        """``and`` / ``unless``: bind tighter than ``or``, looser than arithmetic."""
+        node = self.expr_add()
+        while True:
+            if self.accept("unless"):
+                node = Binary("unless", node, self.expr_add())
+            elif self.accept("and"):
+                node = Binary("and", node, self.expr_add())
+            else:
+                return node
 
     def expr_add(self) -> Node:
         node = self.expr_mul()
@@ -941,6 +952,16 @@ class Engine:
     def _binary(self, node: Binary, t: float) -> Value:
         left = self.eval(node.left, t)
         right = self.eval(node.right, t)
+        if node.op in ("and", "unless"):
+            # Set operators match on every label but the metric name (signatureFunc in
+            # Prometheus's engine.go): ``and`` keeps the left samples with a match on the
+            # right, ``unless`` those without one.
+            if not isinstance(left, list) or not isinstance(right, list):
+                raise PromQLError(f"PromQL: {node.op!r} needs instant vectors")
+            keys = {labels_key(_drop_name(s.labels)) for s in right if isinstance(s, Sample)}
+            keep = node.op == "and"
+            return [s for s in left if isinstance(s, Sample)
+                    and (labels_key(_drop_name(s.labels)) in keys) == keep]
         if node.op == "or":
             if not isinstance(left, list) or not isinstance(right, list):
                 raise PromQLError("PromQL: 'or' needs instant vectors")

@@ -101,17 +101,52 @@ class NodePoolEmpty:
     selector: str
 
 
+class KubeConfigError(RuntimeError):
+    """No usable Kubernetes credentials (a missing or broken kubeconfig, not in a cluster)."""
+
+
 def load_api_client(timeout_s: float = 10.0, pool_size: int = 8) -> k8s.ApiClient:
-    """An API client from ``KUBECONFIG``/``~/.kube/config``, else the in-cluster account."""
+    """An API client from ``KUBECONFIG``/``~/.kube/config``, else the in-cluster account.
+
+    Raises
+    ------
+    KubeConfigError
+        Naming the file that is missing or unreadable, or saying that neither a kubeconfig
+        nor the in-cluster environment (``KUBERNETES_SERVICE_HOST``) is there.
+    """
     configuration = k8s.Configuration()
+    named = os.environ.get("KUBECONFIG", "")
+    paths = [p for p in named.split(os.pathsep) if p]
+    default = os.path.expanduser("~/.kube/config")
+    if paths:
+        missing = [p for p in paths if not os.path.isfile(p)]
+        if len(missing) == len(paths):
+            raise KubeConfigError(
+                f"KUBECONFIG={named}: no such file: {', '.join(missing)}"
+            )
+        source = f"KUBECONFIG={named}"
+    elif os.path.isfile(default):
+        source = default
+    elif os.environ.get("KUBERNETES_SERVICE_HOST"):
+        source = ""
+    else:
+        raise KubeConfigError(
+            f"KUBECONFIG is not set, {default} does not exist, and this is not a pod "
+            "(KUBERNETES_SERVICE_HOST is not set)"
+        )
     try:
-        k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
-            client_configuration=configuration
-        )
-    except (k8s_config.ConfigException, FileNotFoundError, TypeError):
-        k8s_config.load_incluster_config(  # type: ignore[no-untyped-call]
-            client_configuration=configuration
-        )
+        if source:
+            k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
+                client_configuration=configuration
+            )
+        else:
+            k8s_config.load_incluster_config(  # type: ignore[no-untyped-call]
+                client_configuration=configuration
+            )
+    except (k8s_config.ConfigException, OSError, TypeError, ValueError) as exc:
+        raise KubeConfigError(
+            f"{source or 'in-cluster configuration'}: {type(exc).__name__}: {exc}"
+        ) from None
     configuration.connection_pool_maxsize = pool_size
     configuration.retries = False
     return k8s.ApiClient(configuration)
@@ -292,6 +327,16 @@ class KubeClient:
             "PATCH", path, {"status": dict(status)}, content_type="application/merge-patch+json"
         )
         return dict(answer or {})
+
+    def list_objects(
+        self, group: str, version: str, plural: str, namespace: str
+    ) -> list[dict[str, Any]]:
+        """Every object of a custom resource in ``namespace`` (one LIST)."""
+        answer = self.request(
+            "GET", f"/apis/{group}/{version}/namespaces/{quote(namespace)}/{plural}"
+        )
+        items = (answer or {}).get("items") or []
+        return [dict(item) for item in items if isinstance(item, dict)]
 
     # ----------------------------------------------------------------- ConfigMaps
     def read_configmap(self, namespace: str, name: str, now_s: float) -> dict[str, str]:
@@ -485,6 +530,7 @@ def _quantity(value: Any) -> float:
 __all__ = [
     "ConflictError",
     "KubeClient",
+    "KubeConfigError",
     "KubeError",
     "KubeUnavailableError",
     "NodePoolEmpty",

@@ -15,8 +15,10 @@ TLS error naming the CA file.
 from __future__ import annotations
 
 import base64
+import json
 import math
 import os
+import re
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -31,11 +33,94 @@ RETRY_STATUSES = (408, 429, 500, 502, 503, 504)
 
 
 class MetricsError(RuntimeError):
-    """Prometheus could not be queried (unreachable, timeout, bad answer)."""
+    """Prometheus could not be queried (unreachable, timeout, bad answer).
+
+    ``reason`` is the condition reason: ``PrometheusUnreachable`` (no answer, a server error
+    after retries, garbage, a TLS failure), ``PrometheusQueryError`` (Prometheus answered and
+    refused the query, e.g. an invalid regular expression in a matcher) or
+    ``PrometheusAuthFailed`` (:class:`CredentialsError`).
+    """
+
+    def __init__(self, message: str, reason: str = "PrometheusUnreachable") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+QUERY_SHOWN = 160
+"""Characters of a failed query shown in a message (the cause comes first)."""
+_URL = re.compile(r"(https?://\S+|/api/v1/\S+)")
+
+
+def short_query(promql: str) -> str:
+    """The query as shown in messages: its start, an ellipsis when cut.
+
+    >>> short_query("up") , short_query("x" * 500)[-4:]
+    ('up', 'xxx…')
+    """
+    return promql if len(promql) <= QUERY_SHOWN else promql[: QUERY_SHOWN - 1] + "…"
+
+
+def connection_cause(exc: BaseException) -> str:
+    """The innermost cause of a connection failure, without the URL-encoded request.
+
+    urllib3 wraps the socket error in ``NewConnectionError`` inside ``MaxRetryError`` inside
+    requests' ``ConnectionError``, each repeating the whole URL; the cause is the last part.
+
+    >>> connection_cause(OSError("HTTPConnectionPool(host='p', port=1): Max retries exceeded "
+    ...     "with url: /api/v1/query?query=up (Caused by NewConnectionError('<x>: Failed to "
+    ...     "establish a new connection: [Errno 111] Connection refused'))"))
+    'Failed to establish a new connection: [Errno 111] Connection refused'
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    innermost = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        innermost = current
+        reason = getattr(current, "reason", None)
+        nxt = reason if isinstance(reason, BaseException) else None
+        if nxt is None and current.args and isinstance(current.args[0], BaseException):
+            nxt = current.args[0]
+        current = nxt or current.__cause__ or current.__context__
+    text = str(innermost)
+    if "Caused by" in text:
+        text = text.rsplit("Caused by", 1)[1]
+    if ": " in text and text.lstrip("( ").startswith(("NewConnectionError", "ConnectTimeout",
+                                                        "ReadTimeout", "<")):
+        text = text.split(": ", 1)[1]
+    text = _URL.sub("<url>", text).strip(" ()'\"")
+    name = type(innermost).__name__
+    if not text:
+        return name
+    return text if len(text) <= 300 else text[:299] + "…"
+
+
+def refusal(exc: BaseException) -> str:
+    """Prometheus's own error from a refused query (HTTP 400/422), else the exception text.
+
+    >>> refusal(RuntimeError('HTTP Status Code 400 (b"{\\"status\\":\\"error\\",'
+    ...     '\\"errorType\\":\\"bad_data\\",\\"error\\":\\"invalid regex\\"}")'))
+    'bad_data: invalid regex'
+    """
+    text = str(exc)
+    start, end = text.find("{"), text.rfind("}")
+    if 0 <= start < end:
+        try:
+            body = json.loads(text[start : end + 1].encode().decode("unicode_escape"))
+        except ValueError:
+            body = None
+        if isinstance(body, dict) and body.get("error"):
+            kind = body.get("errorType")
+            return f"{kind}: {body['error']}" if kind else str(body["error"])
+    return text if len(text) <= 300 else text[:299] + "…"
 
 
 class CredentialsError(MetricsError):
-    """Prometheus answered 401/403, or a credential file could not be read."""
+    """Prometheus answered 401/403, or a credential file could not be read
+    (reason ``PrometheusAuthFailed``)."""
+
+    def __init__(self, message: str, reason: str = "PrometheusAuthFailed") -> None:
+        super().__init__(message, reason)
 
 
 def _read_secret(path: str, what: str) -> str:
@@ -187,18 +272,32 @@ class PrometheusClient:
                     f"Prometheus refused the credentials (HTTP {code} from {self.url}): "
                     + self._credential_hint()
                 ) from None
-            raise MetricsError(f"Prometheus {self.url} refused the query: {exc}") from None
+            server_error = re.search(r"HTTP Status Code (5\d\d)", text)
+            if server_error:
+                raise MetricsError(
+                    f"Prometheus {self.url} failed (HTTP {server_error.group(1)}): "
+                    f"{refusal(exc)}; query: {short_query(promql)}"
+                ) from None
+            raise MetricsError(
+                f"Prometheus {self.url} refused the query: {refusal(exc)}; query: "
+                f"{short_query(promql)}",
+                reason="PrometheusQueryError",
+            ) from None
         except requests.exceptions.SSLError as exc:
             ca = self.auth.ca_file or "the system CA bundle"
             raise MetricsError(
-                f"Prometheus {self.url}: TLS failed with CA {ca}: {exc}"
+                f"Prometheus {self.url}: TLS failed with CA {ca}: {connection_cause(exc)}"
             ) from None
         except (requests.RequestException, OSError) as exc:
             raise MetricsError(
-                f"Prometheus {self.url} unreachable: {type(exc).__name__}: {exc}"
+                f"Prometheus {self.url} unreachable: {connection_cause(exc)}"
+                f" ({type(exc).__name__}); query: {short_query(promql)}"
             ) from None
         except ValueError as exc:  # a non-JSON answer
-            raise MetricsError(f"Prometheus {self.url} answered garbage: {exc}") from None
+            raise MetricsError(
+                f"Prometheus {self.url} answered garbage: {str(exc)[:200]}; query: "
+                f"{short_query(promql)}"
+            ) from None
         return parse_vector(result)
 
     def _credential_hint(self) -> str:

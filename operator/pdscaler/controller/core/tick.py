@@ -10,10 +10,15 @@ When the operator holds (no scale written, replicas kept)
 ---------------------------------------------------------
 * the spec is invalid, the profile is missing or invalid, or the planner refuses the inputs:
   ``SpecValid=False``, nothing else is decided (the previous recommendation stays in status);
-* a scale target is missing: ``TargetsFound=False``;
+* a scale target is missing: ``TargetsFound=False``; an older PDDeployment of the namespace
+  scales the same target: ``TargetsFound=False``/``TargetConflict`` (the oldest acts);
 * the workload cannot be trusted: no Prometheus URL, Prometheus unreachable, a required vLLM
   series missing, stale or NaN (``MetricsAvailable=False``, naming each series): the planned
   count is unknown, so the control rules (:func:`planner.control.decide`) keep the current count;
+* the rate window is only partly covered (``Observation.doubtful``): no scale-in
+  (``MetricsAvailable=False``/``MetricsGap``); a scale-up the partial data demand goes ahead;
+* no replica count meets an SLO (a floor, not ``maxReplicas``): no scale-up
+  (``Ready=False``/``SLOUnreachable``);
 * the control rules hold a change back: pods not ready yet (no further scale-up), the
   stabilization windows, the tolerance, the step limits, the node pool's free GPUs.
 
@@ -55,7 +60,15 @@ from pdscaler.controller.core.planning import (
     static_workload,
 )
 from pdscaler.controller.core.profiles import ChosenProfiles, ProfileError, choose_profiles
-from pdscaler.controller.core.status import became, iso, parse_iso, sig, with_condition
+from pdscaler.controller.core.status import (
+    became,
+    bound_status,
+    bounded,
+    iso,
+    parse_iso,
+    sig,
+    with_condition,
+)
 from pdscaler.controller.core.types import (
     EventRecord,
     GaugeSample,
@@ -82,6 +95,8 @@ class _Workload:
     workload: Workload | None = None
     idle: bool = False
     problem: tuple[str, str] | None = None
+    doubtful: tuple[str, ...] = ()
+    """The rates cover only part of the window: a lower bound on the load (no scale-in)."""
 
 
 class _Builder:
@@ -108,9 +123,10 @@ class _Builder:
         )
 
     def warn_on_change(self, type_: str, reason: str, message: str, event: str) -> None:
-        """A Warning event when condition ``type_`` turns False or its message changes."""
-        if became(self.inp.previous, type_, "False", message):
-            self.events.append(EventRecord("Warning", reason, event))
+        """A Warning event when condition ``type_`` turns False or its problem changes (numbers
+        that move every cycle, such as ages, do not count as a change)."""
+        if became(self.inp.previous, type_, "False", message, reason):
+            self.events.append(EventRecord("Warning", reason, bounded(event)))
 
 
 def tick(inp: TickInput) -> TickOutcome:
@@ -138,7 +154,11 @@ def tick(inp: TickInput) -> TickOutcome:
 
     states = _targets(b, spec, profiles)
     if states is None:
+        b.condition("MetricsAvailable", None, "NotRead", "not read: targets missing")
         return _outcome(b, (), interval_s, "target_missing")
+    if _conflict(b, spec):
+        b.condition("MetricsAvailable", None, "NotRead", "not read: target conflict")
+        return _outcome(b, (), interval_s, "held")
 
     read = _workload(b, spec, static)
     b.status.metric_failures = next_failures(
@@ -153,6 +173,7 @@ def tick(inp: TickInput) -> TickOutcome:
     sizing = calibration.corrected(inp.memo, profiles, factors)
     workload: Workload | None = None
     live = spec.workload.source == "Prometheus"
+    unreachable: dict[Role, str] = {}
     if read.workload is not None:
         workload = quantize(read.workload)
         b.status.observed.rate_per_s = workload.rate_per_s
@@ -175,6 +196,9 @@ def tick(inp: TickInput) -> TickOutcome:
         except ValueError as exc:
             return _invalid(b, "PlanError", f"the planner refused the inputs: {exc}", interval_s)
         _record_plan(b.status, result, planned)
+        unreachable = _slo_unreachable(result)
+        for role in unreachable:
+            planned[role] = None  # no count meets the SLO: more replicas would not help
     elif read.idle:
         if live:
             b.status.forecast = record(inp.previous.forecast, spec, 0.0, inp.now_s)
@@ -184,6 +208,7 @@ def tick(inp: TickInput) -> TickOutcome:
             f"holding replicas: {read.problem[1]}" if read.problem else "holding replicas"
         )
 
+    gap_held = _no_scale_in(planned, states) if read.doubtful else set()
     decisions = _control(b, spec, states, planned, result)
     if result is not None and request is not None and observed_request is not None:
         at = predictions(inp.memo, key, request, decisions["prefill"].desired_replicas,
@@ -195,11 +220,22 @@ def tick(inp: TickInput) -> TickOutcome:
         b.status.decode.predicted_tpot_ms = at.tpot_ms
         b.status.prefill.predicted_ttft_at_current_s = now.ttft_s
         b.status.decode.predicted_tpot_at_current_ms = now.tpot_ms
+        whys = _whys(spec, states, decisions, result, now, at)
+    elif read.idle:
+        whys = {role: b.status.reason for role in ROLES}
+    else:
+        whys = {}
+    _mark_holds(b.status, states, gap_held, unreachable)
     _calibrate(b, spec, profiles, states, read, observed_request)
 
-    commands = _coexist(b, spec, _act(b, spec, states, decisions))
+    commands = _coexist(b, spec, _act(b, spec, states, decisions, whys))
     ready = read.problem is None and (read.workload is not None or read.idle)
-    if ready:
+    if unreachable:
+        message = "no replica count meets the SLO, holding replicas: " + "; ".join(
+            f"{role}: {why}" for role, why in unreachable.items())
+        b.condition("Ready", False, "SLOUnreachable", message)
+        b.warn_on_change("Ready", "SLOUnreachable", message, message)
+    elif ready:
         b.condition("Ready", True, "Planned" if b.status.feasible else "PlannedInfeasible",
                     b.status.reason)
     else:
@@ -215,7 +251,8 @@ def _outcome(
     metrics_available: float | None = None, export: bool = False,
 ) -> TickOutcome:
     return TickOutcome(
-        status=b.status, commands=tuple(commands), events=tuple(b.events), interval_s=interval_s,
+        status=bound_status(b.status), commands=tuple(commands), events=tuple(b.events),
+        interval_s=interval_s,
         outcome=outcome, metrics_available=metrics_available, export=export,
         history_length=b.inp.settings.history_length,
     )
@@ -274,7 +311,7 @@ def _targets(
         )
     previous = next((c for c in was.conditions if c.type == "TargetsFound"), None)
     if previous is None or previous.status != "False":
-        b.events.append(EventRecord("Warning", "TargetNotFound", message))
+        b.events.append(EventRecord("Warning", "TargetNotFound", bounded(message)))
     return None
 
 
@@ -295,6 +332,11 @@ def _workload(b: _Builder, spec: PDDeploymentSpec, static: Workload | None) -> _
         reason, message = result.problem
         b.condition("MetricsAvailable", False, reason, message)
         b.warn_on_change("MetricsAvailable", reason, message, f"holding replicas: {message}")
+    elif result.doubtful:
+        message = ("partly covered rate window, no scale-in until it is covered: "
+                   + "; ".join(result.doubtful))
+        b.condition("MetricsAvailable", False, "MetricsGap", message)
+        b.warn_on_change("MetricsAvailable", "MetricsGap", message, message)
     else:
         b.condition("MetricsAvailable", True, "Read",
                     "static workload" if spec.workload.source == "Static"
@@ -317,7 +359,7 @@ def _from_prometheus(b: _Builder, spec: PDDeploymentSpec) -> _Workload:
             "MetricsMissing", "missing, stale or NaN: " + "; ".join(observation.missing)
         ))
     if observation.idle:
-        return _Workload(idle=True)
+        return _Workload(idle=True, doubtful=observation.doubtful)
     dispersion, source, why = _dispersion(spec, observation)
     b.status.observed.arrival_dispersion = dispersion
     b.status.observed.arrival_dispersion_source = source
@@ -325,7 +367,7 @@ def _from_prometheus(b: _Builder, spec: PDDeploymentSpec) -> _Workload:
     workload = observation.workload
     if workload is not None:
         workload = workload.model_copy(update={"arrival_dispersion": dispersion})
-    return _Workload(workload=workload)
+    return _Workload(workload=workload, doubtful=observation.doubtful)
 
 
 def _dispersion(spec: PDDeploymentSpec, observation: Observation | None
@@ -488,10 +530,11 @@ def _control(
         empty = b.inp.empty_pools.get(role) if role_spec.node_pool is not None else None
         if role_spec.node_pool is not None and free is not None:
             capacity_limit = state.spec_replicas + free // role_spec.gpus_per_replica
+        base, ready = _control_base(b.inp.previous, spec, role, state)
         decision = decide(
             RoleInput(
-                current_replicas=state.spec_replicas,
-                ready_replicas=state.ready_replicas,
+                current_replicas=base,
+                ready_replicas=ready,
                 recommended_replicas=planned[role],
                 history=_history(b.inp.previous.role(role).recommendation_history)
                 or _first_sight(state, b.inp.now_s),
@@ -507,6 +550,8 @@ def _control(
         rs.recommended_replicas = decision.desired_replicas
         rs.held_by = decision.held_by
         rs.reason = decision.reason
+        if spec.mode == "DryRun":
+            rs.reason = _dry_run_reason(state.spec_replicas, decision)
         rs.recommendation_history = [
             RecommendationSample(time=iso(s.time_s), replicas=s.replicas)
             for s in decision.history
@@ -558,35 +603,199 @@ def _history(samples: Sequence[RecommendationSample]) -> tuple[Sample, ...]:
 
 def _act(
     b: _Builder, spec: PDDeploymentSpec, states: Mapping[Role, TargetState],
-    decisions: Mapping[Role, Decision],
+    decisions: Mapping[Role, Decision], whys: Mapping[Role, str],
 ) -> list[ScaleCommand]:
-    """Auto: a command per role whose count changes. DryRun: record the recommendation."""
+    """Auto: a command per role whose count changes. DryRun: record the recommendation.
+
+    In DryRun the control rules ran from the last recommendation (:func:`_control_base`), so
+    a recommendation is recorded (history entry, one event) only when a change survives the
+    stabilization windows, the tolerance and the step limits.
+    """
     commands: list[ScaleCommand] = []
     for role in ROLES:
         decision, state = decisions[role], states[role]
         desired, current = decision.desired_replicas, state.spec_replicas
-        if desired == current:
-            continue
+        why = whys.get(role) or _control_notes(decision)
         ref = spec.role(role).scale_target_ref
         if spec.mode == "DryRun":
-            if b.inp.previous.role(role).recommended_replicas != desired:
+            previous = b.inp.previous.role(role).recommended_replicas
+            if desired != (current if previous is None else previous):
                 b.status.last_scale_time = b.now_iso
                 b.status.history.append(ScaleEvent(
                     time=b.now_iso, role=role, from_replicas=current, to_replicas=desired,
-                    applied=False, reason=decision.reason,
+                    applied=False, reason=bounded(why),
                 ))
                 b.events.append(EventRecord(
                     "Normal", "Recommendation",
-                    f"DryRun: {role} {ref.describe()} would go {current} -> {desired} "
-                    f"replicas ({decision.reason})",
+                    bounded(f"DryRun: {role} {ref.describe()} would go {current} -> {desired} "
+                            f"replicas: {why}"),
                 ))
+            continue
+        if desired == current:
             continue
         commands.append(ScaleCommand(
             role=role, api_version=ref.api_version, kind=ref.kind, name=ref.name,
             from_replicas=current, to_replicas=desired,
-            resource_version=state.resource_version, reason=decision.reason,
+            resource_version=state.resource_version, reason=bounded(why),
         ))
     return commands
+
+
+def _no_scale_in(planned: dict[Role, int | None], states: Mapping[Role, TargetState]
+                 ) -> set[Role]:
+    """On a partly covered window, raise each plan below the current count to it (the data
+    are a lower bound on the load: enough to scale up on, not to scale in); the roles held."""
+    held: set[Role] = set()
+    for role in ROLES:
+        count = planned[role]
+        if count is not None and count < states[role].spec_replicas:
+            planned[role] = states[role].spec_replicas
+            held.add(role)
+    return held
+
+
+def _mark_holds(
+    status: PDDeploymentStatus, states: Mapping[Role, TargetState], gap_held: set[Role],
+    unreachable: Mapping[Role, str],
+) -> None:
+    """``heldBy`` and the reason of roles held for a partial window or an unreachable SLO."""
+    for role in gap_held:
+        rs = status.role(role)
+        rs.held_by = "metrics_gap"
+        rs.reason = (f"holding {states[role].spec_replicas} replicas: the plan's "
+                     f"{rs.planned_replicas} would scale in on a partly covered window")
+    for role, why in unreachable.items():
+        rs = status.role(role)
+        rs.held_by = "slo_unreachable"
+        rs.reason = f"holding {states[role].spec_replicas} replicas: {why}"
+
+
+def _control_base(
+    previous: PDDeploymentStatus, spec: PDDeploymentSpec, role: Role, state: TargetState
+) -> tuple[int, int]:
+    """The count the control rules start from, and the ready replicas to compare with it.
+
+    ``Auto``: the target's count. ``DryRun``: the last recommendation (nothing was applied, so
+    the rules stabilize the recommendation itself), with the target's not-ready replicas still
+    counting as not ready.
+    """
+    recommended = previous.role(role).recommended_replicas
+    if spec.mode != "DryRun" or recommended is None:
+        return state.spec_replicas, state.ready_replicas
+    not_ready = max(state.spec_replicas - state.ready_replicas, 0)
+    return recommended, max(recommended - not_ready, 0)
+
+
+def _dry_run_reason(current: int, decision: Decision) -> str:
+    """A DryRun role's reason, against the target's count (the rules ran from the last
+    recommendation, so their own head would read "holding")."""
+    desired = decision.desired_replicas
+    if decision.held_by == "missing_data":
+        return decision.reason
+    head = (f"{current} -> {desired} replicas recommended" if desired != current
+            else f"holding {current} replicas")
+    notes = _control_notes(decision)
+    return head if notes == decision.reason else f"{head} ({notes})"
+
+
+def _control_notes(decision: Decision) -> str:
+    """What the control rules added to the plan (the part of the reason in parentheses)."""
+    _, _, rest = decision.reason.partition(" (")
+    return rest[:-1] if rest.endswith(")") else decision.reason
+
+
+def _whys(
+    spec: PDDeploymentSpec, states: Mapping[Role, TargetState],
+    decisions: Mapping[Role, Decision], result: Plan, now: Predictions, at: Predictions,
+) -> dict[Role, str]:
+    """Why each role moves: the planned constraint in numbers at the current and the new count.
+
+    E.g. ``TTFT p90 predicted 1.8 s at 2 replicas, 0.74 s at 3 (target 1 s); binding ttft``.
+    """
+    slo = spec.slo
+    out: dict[Role, str] = {}
+    for role_plan in (result.prefill, result.decode):
+        role = role_plan.role
+        current, desired = states[role].spec_replicas, decisions[role].desired_replicas
+        if role == "prefill":
+            tag = ("mean" if slo.ttft_percentile is None
+                   else f"p{100 * slo.ttft_percentile:g}")
+            what, unit, target = f"TTFT {tag}", "s", slo.ttft_s
+            before, after = now.ttft_s, at.ttft_s
+        else:
+            tag = ("mean" if slo.tpot_percentile is None
+                   else f"p{100 * slo.tpot_percentile:g}")
+            what, unit, target = f"TPOT {tag}", "ms", slo.tpot_ms
+            before, after = now.tpot_ms, at.tpot_ms
+        numbers = (
+            f"{what} predicted {_num(before)} {unit} at {current} replicas, "
+            f"{_num(after)} {unit} at {desired} (target {target:g} {unit})"
+        )
+        text = f"{numbers}; planned {role_plan.replicas}, binding {role_plan.binding}"
+        notes = _control_notes(decisions[role])
+        if notes != decisions[role].reason:
+            text += f"; {notes}"
+        out[role] = text
+    return out
+
+
+def _num(value: float | None) -> str:
+    return "unknown" if value is None else f"{value:.3g}"
+
+
+def _slo_unreachable(result: Plan) -> dict[Role, str]:
+    """Roles whose SLO no replica count meets (an SLO floor), with the planner's reason.
+
+    A plan that needs more than ``maxReplicas`` or the budget is not one of these: more
+    replicas would help there, and the plan's count (capped) is applied.
+    """
+    out: dict[Role, str] = {}
+    for role_plan in (result.prefill, result.decode):
+        if role_plan.feasible or role_plan.binding in ("max_replicas", "min_replicas"):
+            continue
+        if role_plan.binding.startswith("budget") or role_plan.reason.startswith(
+                "no replica count up to"):
+            continue  # beyond the search, not below a floor: the capped count is applied
+        out[role_plan.role] = role_plan.reason
+    return out
+
+
+def _conflict(b: _Builder, spec: PDDeploymentSpec) -> bool:
+    """Whether an older PDDeployment of the namespace claims one of this object's targets.
+
+    The oldest claimant (creationTimestamp, then name) acts; the others hold with
+    ``TargetsFound=False``/``TargetConflict`` and one Warning event.
+    """
+    mine = {role: _target_key(spec.role(role).scale_target_ref.kind,
+                              spec.role(role).scale_target_ref.name) for role in ROLES}
+    me = (b.inp.created or "", b.inp.name)
+    rivals: list[str] = []
+    for peer in b.inp.peers:
+        if peer.name == b.inp.name:
+            continue
+        shared = [role for role, key in mine.items() if key in peer.targets]
+        if shared and (peer.created or "", peer.name) < me:
+            rivals.append(f"{peer.name} (created {peer.created or 'unknown'}) also scales "
+                          + ", ".join(f"{role} {spec.role(role).scale_target_ref.describe()}"
+                                      for role in shared))
+    if not rivals:
+        return False
+    message = ("another PDDeployment owns the target, the oldest one acts: "
+               + "; ".join(rivals[:5]) + (f"; and {len(rivals) - 5} more" if len(rivals) > 5
+                                          else ""))
+    b.condition("TargetsFound", False, "TargetConflict", message)
+    b.condition("Ready", False, "TargetConflict", message)
+    b.status.reason = bounded(f"no action: {message}")
+    for role in ROLES:
+        b.status.role(role).recommendation_history = list(
+            b.inp.previous.role(role).recommendation_history)
+    if became(b.inp.previous, "TargetsFound", "False", message, "TargetConflict"):
+        b.events.append(EventRecord("Warning", "TargetConflict", bounded(message)))
+    return True
+
+
+def _target_key(kind: str, name: str) -> str:
+    return f"{kind.lower()}/{name}"
 
 
 def settle(
@@ -619,10 +828,11 @@ def settle(
         ))
         events.append(EventRecord(
             "Normal", "Scaled",
-            f"{command.role} {command.describe()}: {command.from_replicas} -> "
-            f"{command.to_replicas} replicas ({command.reason})",
+            bounded(f"{command.role} {command.describe()}: {command.from_replicas} -> "
+                    f"{command.to_replicas} replicas: {command.reason}"),
         ))
     status.history = status.history[-outcome.history_length:]
+    status = bound_status(status)
     result: Outcome = outcome.outcome
     if done:
         result = "scaled"

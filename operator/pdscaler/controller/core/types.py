@@ -58,6 +58,16 @@ class ExternalAutoscaler:
 
 
 @dataclass(frozen=True)
+class PeerClaim:
+    """Another PDDeployment of the namespace and the targets it scales (``kind/name``, the
+    kind lower-case), as listed by the shell."""
+
+    name: str
+    created: str | None
+    targets: frozenset[str]
+
+
+@dataclass(frozen=True)
 class TickSettings:
     """The operator settings the decisions depend on."""
 
@@ -86,6 +96,11 @@ class TickInput:
     targets: Mapping[Role, TargetRead] = field(default_factory=dict)
     workload: WorkloadRead = WorkloadRead()
     free_gpus: Mapping[Role, int | None] = field(default_factory=dict)
+    created: str | None = None
+    """This object's ``metadata.creationTimestamp`` (RFC 3339)."""
+    peers: tuple[PeerClaim, ...] = ()
+    """The namespace's PDDeployments (this one may be among them): an older one that scales
+    the same target wins it."""
     settings: TickSettings = TickSettings()
     empty_pools: Mapping[Role, str] = field(default_factory=dict)
     """Roles whose node pool selector (the value) matches no node."""
@@ -165,7 +180,7 @@ class Settled:
 
 
 __all__ = [
-    "EventRecord", "ExternalAutoscaler", "GaugeName", "GaugeSample", "Outcome", "ScaleCommand",
-    "Settled",
+    "EventRecord", "ExternalAutoscaler", "GaugeName", "GaugeSample", "Outcome", "PeerClaim",
+    "ScaleCommand", "Settled",
     "TargetRead", "TargetState", "TickInput", "TickOutcome", "TickSettings", "WorkloadRead",
 ]
