@@ -26,8 +26,15 @@ Rules, applied in this order by :func:`decide`
 5. **Not-ready holding**: while fewer replicas are ready than requested, no further scale-up
    (no piling on while new pods start). Scale-down is still allowed.
 6. **Step limits**: one change moves at most ``maxScaleUpStep`` up or ``maxScaleDownStep`` down.
-7. **Capacity**: a scale-up never goes above the replicas that fit in the free accelerator
+7. **Rate policies** (the HPA v2 ``behavior.scaleUp/scaleDown.policies``): see
+   :func:`scale_up_limit` and :func:`scale_down_limit`; ``selectPolicy: Disabled`` forbids the
+   direction altogether.
+8. **Capacity**: a scale-up never goes above the replicas that fit in the free accelerator
    capacity (``capacity_limit``); it never forces a scale-down.
+
+With missing data (rule 1) a **fallback** count (``RoleInput.fallback_replicas``, KEDA's
+``fallback.replicas``) may raise the count, never lower it: missing data is no reason to
+remove capacity.
 
 Assumptions: the history holds raw (bounded) recommendations, newest last, with the time each
 value was first recommended; a recommendation that repeats the previous value adds no entry, so
@@ -46,6 +53,24 @@ from planner.common import replica_bounds_problem
 from planner.profile import FrozenModel
 
 Change = Literal["none", "scale_up", "scale_down"]
+SelectPolicy = Literal["Max", "Min", "Disabled"]
+
+
+class RatePolicy(FrozenModel):
+    """One HPA v2 scaling policy: at most ``value`` pods (``Pods``) or ``value`` percent of the
+    count at the start of the period (``Percent``) changed within ``period_s`` seconds."""
+
+    type: Literal["Pods", "Percent"]
+    value: int = Field(ge=1)
+    period_s: float = Field(gt=0, allow_inf_nan=False)
+
+
+class ScaleChange(FrozenModel):
+    """A replica change that was applied at ``time_s`` (from the stored scale history)."""
+
+    time_s: float = Field(allow_inf_nan=False)
+    from_replicas: int = Field(ge=0)
+    to_replicas: int = Field(ge=0)
 
 
 class ControlPolicy(FrozenModel):
@@ -64,6 +89,10 @@ class ControlPolicy(FrozenModel):
     max_step_up: int | None = Field(default=None, ge=1)
     max_step_down: int | None = Field(default=None, ge=1)
     tolerance: float = Field(default=0.1, ge=0, lt=1)
+    scale_up_policies: tuple[RatePolicy, ...] = ()
+    scale_down_policies: tuple[RatePolicy, ...] = ()
+    scale_up_select: SelectPolicy = "Max"
+    scale_down_select: SelectPolicy = "Max"
 
     @model_validator(mode="after")
     def _bounds_ordered(self) -> ControlPolicy:
@@ -115,6 +144,13 @@ class RoleInput(FrozenModel):
     history: tuple[Sample, ...] = ()
     capacity_limit: int | None = Field(
         default=None, ge=0, description="Most replicas the free accelerator capacity allows."
+    )
+    scale_events: tuple[ScaleChange, ...] = Field(
+        default=(), description="Changes applied recently (for the rate policies)."
+    )
+    fallback_replicas: int | None = Field(
+        default=None, ge=0,
+        description="With no recommendation: raise to this count (never lower).",
     )
 
 
@@ -231,6 +267,110 @@ def within_tolerance(current: int, desired: int, tolerance: float) -> bool:
     return abs(desired - current) <= tolerance * current + 1e-9
 
 
+def changes_in_period(
+    events: tuple[ScaleChange, ...], now_s: float, period_s: float
+) -> tuple[int, int]:
+    """Replicas added and removed by the changes of the last ``period_s`` seconds.
+
+    A change at time :math:`t` counts when :math:`t + period > now` (as the HPA counts its
+    own scale events).
+
+    Examples
+    --------
+    >>> ev = (ScaleChange(time_s=0, from_replicas=2, to_replicas=6),
+    ...       ScaleChange(time_s=50, from_replicas=6, to_replicas=5))
+    >>> changes_in_period(ev, 60.0, 15.0), changes_in_period(ev, 60.0, 61.0)
+    ((0, 1), (4, 1))
+    """
+    added = removed = 0
+    for event in events:
+        if event.time_s + period_s > now_s and event.time_s <= now_s:
+            delta = event.to_replicas - event.from_replicas
+            if delta > 0:
+                added += delta
+            else:
+                removed -= delta
+    return added, removed
+
+
+def scale_up_limit(
+    current: int, events: tuple[ScaleChange, ...], policies: tuple[RatePolicy, ...],
+    select: SelectPolicy, now_s: float,
+) -> int | None:
+    r"""Most replicas a scale-up may reach now under the HPA v2 scale-up policies.
+
+    For each policy, the count at the start of its period is
+    :math:`s = c - a + r` (``c`` current, ``a``/``r`` replicas added/removed in the last
+    ``period`` seconds). ``Pods`` allows :math:`s + v`, ``Percent`` allows
+    :math:`\lceil s (1 + v/100) \rceil`. ``Max`` takes the largest of these, ``Min`` the
+    smallest; ``Disabled`` allows no scale-up (the limit is ``c``). The limit is never below
+    ``c``. ``None``: no policies, no limit.
+
+    References: Kubernetes HorizontalPodAutoscaler, "Configurable scaling behavior" (v2 API),
+    and the HPA controller's scale-up limit.
+
+    Examples
+    --------
+    The Kubernetes default scale-up (Pods 4 and Percent 100 per 15 s, Max):
+
+    >>> default = (RatePolicy(type="Pods", value=4, period_s=15),
+    ...            RatePolicy(type="Percent", value=100, period_s=15))
+    >>> scale_up_limit(1, (), default, "Max", 0.0), scale_up_limit(10, (), default, "Max", 0.0)
+    (5, 20)
+    """
+    if select == "Disabled":
+        return current
+    if not policies:
+        return None
+    proposals: list[int] = []
+    for rate in policies:
+        added, removed = changes_in_period(events, now_s, rate.period_s)
+        start = current - added + removed
+        if rate.type == "Pods":
+            proposals.append(start + rate.value)
+        else:
+            proposals.append(math.ceil(start * (1 + rate.value / 100) - 1e-9))
+    limit = max(proposals) if select == "Max" else min(proposals)
+    return max(limit, current)
+
+
+def scale_down_limit(
+    current: int, events: tuple[ScaleChange, ...], policies: tuple[RatePolicy, ...],
+    select: SelectPolicy, now_s: float,
+) -> int | None:
+    r"""Fewest replicas a scale-down may reach now under the HPA v2 scale-down policies.
+
+    With :math:`s` as in :func:`scale_up_limit`, ``Pods`` allows :math:`s - v`, ``Percent``
+    allows :math:`\lfloor s (1 - v/100) \rfloor`. ``Max`` (the largest change) takes the
+    smallest of these, ``Min`` the largest; ``Disabled`` allows no scale-down. The limit is
+    never above ``c``. ``None``: no policies, no limit.
+
+    Examples
+    --------
+    The Kubernetes documentation's example (Pods 4 and Percent 10 per 60 s): from 80
+    replicas the first step removes 8, the next one (72 replicas, 60 s later) again 8.
+
+    >>> p = (RatePolicy(type="Pods", value=4, period_s=60),
+    ...      RatePolicy(type="Percent", value=10, period_s=60))
+    >>> scale_down_limit(80, (), p, "Max", 0.0), scale_down_limit(72, (), p, "Max", 61.0)
+    (72, 64)
+    """
+    if select == "Disabled":
+        return current
+    if not policies:
+        return None
+    proposals: list[int] = []
+    for rate in policies:
+        added, removed = changes_in_period(events, now_s, rate.period_s)
+        start = current - added + removed
+        if rate.type == "Pods":
+            proposals.append(start - rate.value)
+        else:
+            proposals.append(math.floor(start * (1 - rate.value / 100) + 1e-9))
+    limit = min(proposals) if select == "Max" else max(proposals)
+    return max(0, min(limit, current))
+
+
 def decide(role: RoleInput, policy: ControlPolicy, now_s: float) -> Decision:
     """Apply the control rules (module docstring) to one role.
 
@@ -248,8 +388,9 @@ def decide(role: RoleInput, policy: ControlPolicy, now_s: float) -> Decision:
     Decision
         ``desired_replicas`` to apply (equal to ``current_replicas`` when nothing changes),
         the kind of change, a reason in words, the updated history, and which rule held a
-        change back (``held_by``: ``"missing_data"``, ``"stabilization"``, ``"tolerance"``,
-        ``"not_ready"``, ``"step"``, ``"capacity"`` or ``None``).
+        change back (``held_by``: ``"missing_data"``, ``"fallback"``, ``"stabilization"``,
+        ``"tolerance"``, ``"not_ready"``, ``"step"``, ``"rate_policy"``, ``"capacity"`` or
+        ``None``).
 
     Examples
     --------
@@ -266,17 +407,21 @@ def decide(role: RoleInput, policy: ControlPolicy, now_s: float) -> Decision:
     current = role.current_replicas
     if role.recommended_replicas is None:
         history = trim_history(role.history, now_s, policy.history_window_s)
-        desired = max(current, policy.min_replicas)
+        floor, floor_name, rule = policy.min_replicas, "minReplicas", "missing_data"
+        if role.fallback_replicas is not None and policy.clamp(role.fallback_replicas) > floor:
+            floor, floor_name = policy.clamp(role.fallback_replicas), "the fallback count"
+            rule = "fallback" if floor > current else rule
+        desired = max(current, floor)
         limited = role.capacity_limit is not None and desired > max(current, role.capacity_limit)
         if limited and role.capacity_limit is not None:
             desired = max(current, role.capacity_limit)
         change: Change = "scale_up" if desired > current else "none"
         reason = (
-            f"no recommendation (metrics missing): raising {current} to minReplicas {desired}"
+            f"no recommendation (metrics missing): raising {current} to {floor_name} {desired}"
             if desired > current
             else f"no recommendation (metrics missing): holding {current} replicas"
         )
-        return Decision(desired, change, reason, history, None, "missing_data", limited)
+        return Decision(desired, change, reason, history, None, rule, limited)
 
     bounded = policy.clamp(role.recommended_replicas)
     history = trim_history(
@@ -330,6 +475,10 @@ def decide(role: RoleInput, policy: ControlPolicy, now_s: float) -> Decision:
         held_by = held_by or "step"
         notes.append(f"step limited to -{policy.max_step_down} (wanted {desired})")
         desired = current - policy.max_step_down
+    desired, rate_note = _rate_limited(role, policy, desired, now_s)
+    if rate_note:
+        held_by = held_by or "rate_policy"
+        notes.append(rate_note)
     capacity_limited = False
     if (
         role.capacity_limit is not None
@@ -350,14 +499,44 @@ def decide(role: RoleInput, policy: ControlPolicy, now_s: float) -> Decision:
     return Decision(desired, change, reason, history, stabilized, held_by, capacity_limited)
 
 
+def _rate_limited(
+    role: RoleInput, policy: ControlPolicy, desired: int, now_s: float
+) -> tuple[int, str]:
+    """``desired`` after the HPA v2 rate policies, and a note when they changed it."""
+    current = role.current_replicas
+    if desired > current:
+        limit = scale_up_limit(current, role.scale_events, policy.scale_up_policies,
+                               policy.scale_up_select, now_s)
+        if limit is not None and desired > limit:
+            what = ("scale-up disabled (selectPolicy Disabled)"
+                    if policy.scale_up_select == "Disabled"
+                    else f"scale-up policies allow {limit} now")
+            return limit, f"{what} (wanted {desired})"
+    elif desired < current:
+        limit = scale_down_limit(current, role.scale_events, policy.scale_down_policies,
+                                 policy.scale_down_select, now_s)
+        if limit is not None and desired < limit:
+            what = ("scale-down disabled (selectPolicy Disabled)"
+                    if policy.scale_down_select == "Disabled"
+                    else f"scale-down policies allow {limit} now")
+            return limit, f"{what} (wanted {desired})"
+    return desired, ""
+
+
 __all__ = [
     "Change",
     "ControlPolicy",
     "Decision",
+    "RatePolicy",
     "RoleInput",
     "Sample",
+    "ScaleChange",
+    "SelectPolicy",
+    "changes_in_period",
     "decide",
     "record",
+    "scale_down_limit",
+    "scale_up_limit",
     "trim_history",
     "window_values",
     "within_tolerance",

@@ -86,6 +86,13 @@ app.kubernetes.io/component: operator
 - apiGroups: [""]
   resources: [configmaps]
   verbs: [get]
+# Other autoscalers of the targets (docs/coexistence.md): listed, never written.
+- apiGroups: [autoscaling]
+  resources: [horizontalpodautoscalers]
+  verbs: [list]
+- apiGroups: [keda.sh]
+  resources: [scaledobjects]
+  verbs: [list]
 # Events on every scale and problem.
 - apiGroups: ["", events.k8s.io]
   resources: [events]

@@ -49,6 +49,20 @@ def add_operator_parser(subparsers: Any) -> None:
     run.add_argument("--priority", type=int, help="peering priority (default: by start time, "
                      "the oldest replica leads)")
     run.add_argument("--prometheus-url", help="default Prometheus base URL")
+    auth = run.add_argument_group("Prometheus authentication (files mounted from Secrets)")
+    auth.add_argument("--prometheus-bearer-token-file", metavar="FILE",
+                      help="file holding a bearer token (read again when it changes)")
+    auth.add_argument("--prometheus-basic-auth-file", metavar="FILE",
+                      help="file holding user:pass for basic auth")
+    auth.add_argument("--prometheus-username-file", metavar="FILE",
+                      help="file holding the basic-auth user (with --prometheus-password-file)")
+    auth.add_argument("--prometheus-password-file", metavar="FILE",
+                      help="file holding the basic-auth password")
+    auth.add_argument("--prometheus-ca-file", metavar="FILE",
+                      help="CA bundle (PEM) that signs Prometheus's TLS certificate")
+    auth.add_argument("--prometheus-header", dest="prometheus_headers", action="append",
+                      metavar="'NAME: VALUE'",
+                      help="extra header for every query, e.g. 'X-Scope-OrgID: t1' (repeat)")
     run.add_argument("--interval", dest="default_interval_s", type=float, metavar="SECONDS",
                      help="default seconds between reconciles of one object (30)")
     run.add_argument("--workers", type=int, help="reconcile threads (8)")
@@ -74,7 +88,9 @@ def add_operator_parser(subparsers: Any) -> None:
 _SETTING_FLAGS = (
     "namespaces", "all_namespaces", "peering_name", "standalone", "priority", "prometheus_url",
     "default_interval_s", "workers", "metrics_port", "health_port", "bind_address",
-    "log_format", "log_level",
+    "log_format", "log_level", "prometheus_bearer_token_file", "prometheus_basic_auth_file",
+    "prometheus_username_file", "prometheus_password_file", "prometheus_ca_file",
+    "prometheus_headers",
 )
 
 
@@ -123,8 +139,9 @@ def _run(args: argparse.Namespace) -> int:
     from pdscaler.controller.settings import SettingsError, load_settings
 
     overrides: dict[str, Any] = {name: getattr(args, name, None) for name in _SETTING_FLAGS}
-    if overrides["namespaces"]:
-        overrides["namespaces"] = tuple(overrides["namespaces"])
+    for many in ("namespaces", "prometheus_headers"):
+        if overrides[many]:
+            overrides[many] = tuple(overrides[many])
     try:
         settings = load_settings(overrides=overrides)
         if not settings.namespaces and not settings.all_namespaces:
@@ -140,7 +157,11 @@ def _run(args: argparse.Namespace) -> int:
 
     from pdscaler.controller import handlers
     from pdscaler.controller.adapters.kube import KubeClient, KubeError, load_api_client
-    from pdscaler.controller.adapters.prometheus import PrometheusPool
+    from pdscaler.controller.adapters.prometheus import (
+        PrometheusAuth,
+        PrometheusPool,
+        parse_header,
+    )
     from pdscaler.controller.observability import configure_logging, serve_metrics
     from pdscaler.controller.shell import Runtime
     from pdscaler.vllm_metrics import MetricNameCache
@@ -160,13 +181,25 @@ def _run(args: argparse.Namespace) -> int:
     except KubeError as exc:
         print(f"pdscaler operator: cannot reach the API server: {exc}", file=sys.stderr)
         return EXIT_BAD_SETTINGS
-    pool = PrometheusPool(settings.prometheus_timeout_s, pool_size=settings.workers)
+    auth = PrometheusAuth(
+        bearer_token_file=settings.prometheus_bearer_token_file,
+        basic_auth_file=settings.prometheus_basic_auth_file,
+        username_file=settings.prometheus_username_file,
+        password_file=settings.prometheus_password_file,
+        ca_file=settings.prometheus_ca_file,
+        headers=tuple(parse_header(h) for h in settings.prometheus_headers),
+    )
+    pool = PrometheusPool(settings.prometheus_timeout_s, pool_size=settings.workers, auth=auth)
 
     def prometheus_query(url: str) -> Any:
         return pool.get(url).query
 
+    def prometheus_query_with(url: str, headers: Any) -> Any:
+        return pool.get(url, headers).query
+
     runtime = Runtime(
         settings=settings, kube=kube, prometheus=prometheus_query,
+        prometheus_with_headers=prometheus_query_with,
         names=MetricNameCache(settings.metric_names_ttl_s),
     )
     executor = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="reconcile")

@@ -40,6 +40,8 @@ Mode = Literal["DryRun", "Auto"]
 PROM_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 K8S_NAME = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 K8S_LABEL_KEY = r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+FORBIDDEN_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "host"})
 MAX_LABELS = 16
 MAX_MATCHER_VALUE = 1024
 """Longest Prometheus matcher value (a label value or a regular expression), characters."""
@@ -286,6 +288,11 @@ class RoleSpec(CrdModel):
         description="Prometheus matchers for this role's vLLM series (workload.source "
         "Prometheus).",
     )
+    fallback: Fallback | None = Field(
+        default=None,
+        description="This role's fallback after a long metrics outage (overrides "
+        "behavior.fallback).",
+    )
 
     cel_rules = (
         Rule(
@@ -349,6 +356,29 @@ class PrometheusSource(CrdModel):
         "refused otherwise): 30 s works with the common 15 s and 30 s scrapes. Longer "
         "sub-windows also see slower swings and give a larger, more cautious index.",
     )
+    headers: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=8,
+        description="Extra HTTP headers for this object's queries (e.g. X-Scope-OrgID for a "
+        "Thanos or Mimir tenant), added to the operator's --prometheus-header. Credentials "
+        "are not accepted here (Authorization, Cookie): they come from the operator's files.",
+        json_schema_extra={"maxProperties": 8, "default": {}},
+    )
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, text in value.items():
+            if not HEADER_NAME.match(key):
+                raise ValueError(f"headers: {key!r} is not an HTTP header name")
+            if key.lower() in FORBIDDEN_HEADERS:
+                raise ValueError(
+                    f"headers: {key} is not accepted per object (credentials come from the "
+                    "operator's --prometheus-bearer-token-file / --prometheus-basic-auth-file)"
+                )
+            if "\n" in text or "\r" in text or len(text) > 1024:
+                raise ValueError(f"headers: the value of {key} must be one line, <= 1024 chars")
+        return value
 
 
 class LengthSpec(CrdModel):
@@ -418,6 +448,54 @@ class WorkloadSource(CrdModel):
     )
 
 
+class ScalingPolicy(CrdModel):
+    """One scaling policy, as in the HorizontalPodAutoscaler v2 API."""
+
+    type: Literal["Pods", "Percent"] = Field(
+        description="Pods: at most value replicas; Percent: at most value percent of the "
+        "replicas at the start of the period."
+    )
+    value: int = Field(ge=1, le=100_000, description="Pods or percent per period.")
+    period_seconds: int = Field(
+        ge=1, le=1800, description="Length of the period the change is counted over, seconds."
+    )
+
+
+class ScalingRules(CrdModel):
+    """Scale-up or scale-down rules, as in the HorizontalPodAutoscaler v2 API."""
+
+    stabilization_window_seconds: int | None = Field(
+        default=None,
+        ge=0,
+        le=3600,
+        description="Stabilization window, seconds (overrides scaleUpStabilizationS / "
+        "scaleDownStabilizationS).",
+    )
+    policies: list[ScalingPolicy] = Field(
+        default_factory=list,
+        max_length=10,
+        description="Rate policies; none: no rate limit (only maxScaleUpStep/maxScaleDownStep).",
+    )
+    select_policy: Literal["Max", "Min", "Disabled"] = Field(
+        default="Max",
+        description="Max: the policy allowing the largest change; Min: the smallest; "
+        "Disabled: no scaling in this direction.",
+    )
+
+
+class Fallback(CrdModel):
+    """What to do after a long metrics outage (as KEDA's fallback)."""
+
+    failure_threshold: int = Field(
+        ge=1, le=10_000,
+        description="Consecutive reconciles without trustworthy metrics before the fallback.",
+    )
+    replicas: int = Field(
+        ge=0, le=10_000,
+        description="Replicas to raise to (never lowered to: missing data never scales in).",
+    )
+
+
 class Behavior(CrdModel):
     """How fast the replicas follow the recommendation."""
 
@@ -460,6 +538,17 @@ class Behavior(CrdModel):
         le=7200,
         description="Seconds from a scale-up to a new replica serving (image, weights, "
         "warm-up): how far ahead planner.forecast looks.",
+    )
+    scale_up: ScalingRules | None = Field(
+        default=None, description="HPA v2 scale-up rules (stabilization window, policies)."
+    )
+    scale_down: ScalingRules | None = Field(
+        default=None, description="HPA v2 scale-down rules (stabilization window, policies)."
+    )
+    fallback: Fallback | None = Field(
+        default=None,
+        description="Replicas to raise both roles to after a long metrics outage (a role's "
+        "own fallback wins).",
     )
 
 
@@ -631,8 +720,8 @@ class PDDeploymentSpec(CrdModel):
 class Condition(StatusModel):
     """A condition in the standard Kubernetes shape."""
 
-    type: str = Field(description="Ready, SpecValid, MetricsAvailable, TargetsFound or "
-                      "CapacityLimited.")
+    type: str = Field(description="Ready, SpecValid, MetricsAvailable, TargetsFound, "
+                      "CapacityLimited, Paused or Conflict.")
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
     reason: str = Field(default="", description="One-word CamelCase reason.")
     message: str = Field(default="", description="Human-readable details.")
@@ -866,6 +955,10 @@ class PDDeploymentStatus(StatusModel):
     last_scale_time: str | None = Field(
         default=None, description="When a replica change was last made or recommended."
     )
+    metric_failures: int | None = Field(
+        default=None,
+        description="Consecutive reconciles without trustworthy metrics (for the fallback).",
+    )
     history: list[ScaleEvent] = Field(
         default_factory=list, max_length=MAX_HISTORY, description="Recent replica changes."
     )
@@ -920,6 +1013,7 @@ __all__ = [
     "Condition",
     "ConfigMapProfileRef",
     "FactorSampleStatus",
+    "Fallback",
     "ForecastStatus",
     "LengthSpec",
     "MetricSelector",
@@ -939,6 +1033,8 @@ __all__ = [
     "SLOSpec",
     "ScaleEvent",
     "ScaleTargetRef",
+    "ScalingPolicy",
+    "ScalingRules",
     "SpecError",
     "StaticWorkload",
     "WorkloadSource",

@@ -19,6 +19,13 @@ profile_cache_ttl_s             ``PDSCALER_PROFILE_CACHE_TTL_S``         60
 capacity_cache_ttl_s            ``PDSCALER_CAPACITY_CACHE_TTL_S``        30
 metric_names_ttl_s              ``PDSCALER_METRIC_NAMES_TTL_S``          600
 kube_timeout_s                  ``PDSCALER_KUBE_TIMEOUT_S``              10
+autoscaler_cache_ttl_s          ``PDSCALER_AUTOSCALER_CACHE_TTL_S``      30
+prometheus_bearer_token_file    ``PDSCALER_PROMETHEUS_BEARER_TOKEN_FILE`` none
+prometheus_basic_auth_file      ``PDSCALER_PROMETHEUS_BASIC_AUTH_FILE``  none (``user:pass``)
+prometheus_username_file        ``PDSCALER_PROMETHEUS_USERNAME_FILE``    none
+prometheus_password_file        ``PDSCALER_PROMETHEUS_PASSWORD_FILE``    none
+prometheus_ca_file              ``PDSCALER_PROMETHEUS_CA_FILE``          system CAs
+prometheus_headers              ``PDSCALER_PROMETHEUS_HEADERS``          none (``;``-separated)
 peering_name                    ``PDSCALER_PEERING``                     pdscaler
 standalone                      ``PDSCALER_STANDALONE``                  false
 priority                        ``PDSCALER_PRIORITY``                    by start time
@@ -33,12 +40,20 @@ from collections.abc import Mapping
 from typing import Any, Literal
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from planner.common import validation_problems
 
 ENV_PREFIX = "PDSCALER_"
 K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 
 
 class SettingsError(ValueError):
@@ -64,6 +79,13 @@ class OperatorSettings(BaseModel):
     capacity_cache_ttl_s: float = Field(default=30.0, ge=0, le=3600)
     metric_names_ttl_s: float = Field(default=600.0, ge=0, le=86_400)
     kube_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    autoscaler_cache_ttl_s: float = Field(default=30.0, ge=0, le=3600)
+    prometheus_bearer_token_file: str | None = None
+    prometheus_basic_auth_file: str | None = None
+    prometheus_username_file: str | None = None
+    prometheus_password_file: str | None = None
+    prometheus_ca_file: str | None = None
+    prometheus_headers: tuple[str, ...] = ()
     namespaces: tuple[str, ...] = ()
     all_namespaces: bool = False
     peering_name: str = "pdscaler"
@@ -83,6 +105,45 @@ class OperatorSettings(BaseModel):
         except ValueError:
             raise ValueError(f"{value!r} has an invalid port") from None
         return value.rstrip("/")
+
+    @field_validator(
+        "prometheus_bearer_token_file", "prometheus_basic_auth_file", "prometheus_username_file",
+        "prometheus_password_file", "prometheus_ca_file",
+    )
+    @classmethod
+    def _readable_file(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not os.path.isfile(value):
+            raise ValueError(f"{value!r} is not a file")
+        if not os.access(value, os.R_OK):
+            raise ValueError(f"{value!r} cannot be read")
+        return value
+
+    @field_validator("prometheus_headers")
+    @classmethod
+    def _headers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for header in value:
+            name, sep, text = header.partition(":")
+            if not sep or not HEADER_NAME.match(name.strip()) or not text.strip():
+                raise ValueError(f"{header!r} is not 'Name: value'")
+            if "\n" in header or "\r" in header:
+                raise ValueError(f"{header!r} must be one line")
+        return value
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> OperatorSettings:
+        given = [name for name, value in (
+            ("prometheus_bearer_token_file", self.prometheus_bearer_token_file),
+            ("prometheus_basic_auth_file", self.prometheus_basic_auth_file),
+            ("prometheus_username_file", self.prometheus_username_file),
+        ) if value]
+        if len(given) > 1:
+            raise ValueError(f"give one Prometheus credential, not {' and '.join(given)}")
+        if bool(self.prometheus_username_file) != bool(self.prometheus_password_file):
+            raise ValueError("prometheus_username_file and prometheus_password_file go "
+                             "together")
+        return self
 
     @field_validator("namespaces")
     @classmethod
@@ -115,6 +176,13 @@ _ENV_FIELDS = {
     "capacity_cache_ttl_s": "CAPACITY_CACHE_TTL_S",
     "metric_names_ttl_s": "METRIC_NAMES_TTL_S",
     "kube_timeout_s": "KUBE_TIMEOUT_S",
+    "autoscaler_cache_ttl_s": "AUTOSCALER_CACHE_TTL_S",
+    "prometheus_bearer_token_file": "PROMETHEUS_BEARER_TOKEN_FILE",
+    "prometheus_basic_auth_file": "PROMETHEUS_BASIC_AUTH_FILE",
+    "prometheus_username_file": "PROMETHEUS_USERNAME_FILE",
+    "prometheus_password_file": "PROMETHEUS_PASSWORD_FILE",
+    "prometheus_ca_file": "PROMETHEUS_CA_FILE",
+    "prometheus_headers": "PROMETHEUS_HEADERS",
     "namespaces": "NAMESPACES",
     "all_namespaces": "ALL_NAMESPACES",
     "peering_name": "PEERING",
@@ -143,6 +211,8 @@ def flag_of(field: str) -> str:
 def _from_env(field: str, raw: str) -> Any:
     if field == "namespaces":
         return tuple(part.strip() for part in raw.split(",") if part.strip())
+    if field == "prometheus_headers":
+        return tuple(part.strip() for part in raw.split(";") if part.strip())
     if field in ("standalone", "all_namespaces"):
         lowered = raw.strip().lower()
         if lowered in ("1", "true", "yes", "on"):

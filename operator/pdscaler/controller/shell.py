@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pdscaler.controller import observability as obs
+from pdscaler.controller.adapters.autoscalers import AutoscalerReader
 from pdscaler.controller.adapters.kube import (
     ConflictError,
     KubeError,
@@ -51,6 +52,7 @@ from pdscaler.controller.api import (
     parse_status,
 )
 from pdscaler.controller.core import (
+    ExternalAutoscaler,
     GaugeSample,
     Memo,
     PeerClaim,
@@ -118,6 +120,15 @@ class Runtime:
     """Per namespace: when it was listed and the PDDeployments' targets (one LIST per
     interval, shared by the namespace's objects)."""
     lock: threading.Lock = field(default_factory=threading.Lock)
+    prometheus_with_headers: Callable[[str, Mapping[str, str]], QueryFn] | None = None
+    """Queries with an object's own extra headers (``spec.workload.prometheus.headers``)."""
+    autoscalers: AutoscalerReader | None = None
+    """HPAs and ScaledObjects per namespace; made from ``kube.request`` when not given."""
+
+    def __post_init__(self) -> None:
+        request = getattr(self.kube, "request", None)
+        if self.autoscalers is None and callable(request):
+            self.autoscalers = AutoscalerReader(request, self.settings.autoscaler_cache_ttl_s)
 
 
 @dataclass(frozen=True)
@@ -229,9 +240,13 @@ def read_workload(spec: PDDeploymentSpec, rt: Runtime, now_s: float) -> Workload
         assert matchers is not None  # guaranteed by the spec rules
         selectors[role] = selector(matchers.match_labels, matchers.match_regex)
     try:
+        query = (
+            rt.prometheus_with_headers(url, prom.headers)
+            if prom.headers and rt.prometheus_with_headers is not None else rt.prometheus(url)
+        )
         asked = observation_settings(spec)
         observation = read_observation(
-            rt.prometheus(url), url, selectors, asked.window_s, asked.max_age_s,
+            query, url, selectors, asked.window_s, asked.max_age_s,
             rt.names, now_s, asked.ttft_percentile, asked.tpot_percentile,
             asked.dispersion_sub_window_s,
         )
@@ -239,6 +254,22 @@ def read_workload(spec: PDDeploymentSpec, rt: Runtime, now_s: float) -> Workload
         obs.ERRORS.labels("prometheus").inc()
         return WorkloadRead(problem=(exc.reason, str(exc)))
     return WorkloadRead(observation=observation)
+
+
+def read_autoscalers(
+    spec: PDDeploymentSpec, namespace: str, rt: Runtime, now_s: float
+) -> dict[Role, tuple[ExternalAutoscaler, ...]]:
+    """Per role, the HPAs and ScaledObjects whose scaleTargetRef names its target."""
+    if rt.autoscalers is None:
+        return {}
+    out: dict[Role, tuple[ExternalAutoscaler, ...]] = {}
+    for role in ROLES:
+        ref = spec.role(role).scale_target_ref
+        out[role] = tuple(
+            ExternalAutoscaler(a.kind, a.name)
+            for a in rt.autoscalers.targeting(namespace, ref.kind, ref.name, now_s)
+        )
+    return out
 
 
 def read_free_gpus(
@@ -309,6 +340,7 @@ def read_input(
                             history_length=rt.settings.history_length)
     common: dict[str, Any] = {
         "now_s": now_s, "namespace": namespace, "name": name,
+        "annotations": dict(meta.get("annotations") or {}),
         "created": meta.get("creationTimestamp"),
         "generation": meta.get("generation"), "previous": parse_status(previous),
         "settings": settings, "memo": rt.memo,
@@ -326,7 +358,8 @@ def read_input(
     free, empty = read_free_gpus(spec, rt, now_s)
     return TickInput(
         spec=spec, spec_error=None, profiles=profiles, targets=targets, peers=peers,
-        workload=read_workload(spec, rt, now_s), free_gpus=free, empty_pools=empty, **common,
+        workload=read_workload(spec, rt, now_s), free_gpus=free, empty_pools=empty,
+        autoscalers=read_autoscalers(spec, namespace, rt, now_s), **common,
     )
 
 

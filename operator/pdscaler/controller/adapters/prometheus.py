@@ -3,15 +3,25 @@
 Transient failures (connection errors, timeouts, 408/429/5xx answers) are retried with
 exponential backoff by the HTTP session; whatever still fails is raised as
 :class:`MetricsError`, never as a library-specific exception.
+
+Real clusters put Prometheus (or Thanos, Mimir, a managed service) behind authentication:
+:class:`PrometheusAuth` holds a bearer token file or basic-auth files, a CA bundle and extra
+headers (tenants: ``X-Scope-OrgID``). Credential files are read again when they change on
+disk (a rotated Secret mounted into the pod), never logged. A 401 or 403 answer becomes
+"Prometheus refused the credentials"; a certificate the CA bundle does not trust becomes a
+TLS error naming the CA file.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import math
+import os
 import re
 import threading
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import requests
@@ -26,8 +36,9 @@ class MetricsError(RuntimeError):
     """Prometheus could not be queried (unreachable, timeout, bad answer).
 
     ``reason`` is the condition reason: ``PrometheusUnreachable`` (no answer, a server error
-    after retries, garbage) or ``PrometheusQueryError`` (Prometheus answered and refused the
-    query, e.g. an invalid regular expression in a matcher).
+    after retries, garbage, a TLS failure), ``PrometheusQueryError`` (Prometheus answered and
+    refused the query, e.g. an invalid regular expression in a matcher) or
+    ``PrometheusAuthFailed`` (:class:`CredentialsError`).
     """
 
     def __init__(self, message: str, reason: str = "PrometheusUnreachable") -> None:
@@ -104,6 +115,109 @@ def refusal(exc: BaseException) -> str:
     return text if len(text) <= 300 else text[:299] + "…"
 
 
+class CredentialsError(MetricsError):
+    """Prometheus answered 401/403, or a credential file could not be read
+    (reason ``PrometheusAuthFailed``)."""
+
+    def __init__(self, message: str, reason: str = "PrometheusAuthFailed") -> None:
+        super().__init__(message, reason)
+
+
+def _read_secret(path: str, what: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read().strip()
+    except OSError as exc:
+        raise CredentialsError(f"cannot read the Prometheus {what} file {path}: "
+                               f"{exc.strerror}") from None
+    if not text:
+        raise CredentialsError(f"the Prometheus {what} file {path} is empty")
+    return text
+
+
+class _FileCache:
+    """A file's stripped content, read again when its mtime or size changes."""
+
+    def __init__(self, path: str, what: str) -> None:
+        self.path, self.what = path, what
+        self._stamp: tuple[float, int] | None = None
+        self._text = ""
+        self._lock = threading.Lock()
+
+    def get(self) -> str:
+        try:
+            info = os.stat(self.path)
+            stamp: tuple[float, int] | None = (info.st_mtime, info.st_size)
+        except OSError:
+            stamp = None
+        with self._lock:
+            if stamp is None or stamp != self._stamp:
+                self._text = _read_secret(self.path, self.what)
+                self._stamp = stamp
+            return self._text
+
+
+@dataclass(frozen=True)
+class PrometheusAuth:
+    """How to authenticate to Prometheus: at most one credential, a CA bundle, headers.
+
+    ``basic_auth_file`` holds ``user:pass``; ``username_file``/``password_file`` hold one each
+    (as a Kubernetes ``kubernetes.io/basic-auth`` Secret mounts them). ``headers`` are
+    ``(name, value)`` pairs sent with every query.
+    """
+
+    bearer_token_file: str | None = None
+    basic_auth_file: str | None = None
+    username_file: str | None = None
+    password_file: str | None = None
+    ca_file: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def parse_header(text: str) -> tuple[str, str]:
+    """``'Name: value'`` as ``(name, value)``.
+
+    >>> parse_header("X-Scope-OrgID: t1")
+    ('X-Scope-OrgID', 't1')
+    """
+    name, sep, value = text.partition(":")
+    if not sep or not name.strip():
+        raise ValueError(f"{text!r} is not 'Name: value'")
+    return name.strip(), value.strip()
+
+
+def _basic(user: str, password: str) -> str:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+    return f"Basic {token}"
+
+
+class _FileAuth(requests.auth.AuthBase):
+    """Adds the Authorization header from the credential files on every request."""
+
+    def __init__(self, auth: PrometheusAuth) -> None:
+        self._token = (_FileCache(auth.bearer_token_file, "bearer token")
+                       if auth.bearer_token_file else None)
+        self._basic = (_FileCache(auth.basic_auth_file, "basic auth")
+                       if auth.basic_auth_file else None)
+        self._user = _FileCache(auth.username_file, "username") if auth.username_file else None
+        self._password = (_FileCache(auth.password_file, "password")
+                          if auth.password_file else None)
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        if self._token is not None:
+            request.headers["Authorization"] = f"Bearer {self._token.get()}"
+        elif self._basic is not None:
+            user, sep, password = self._basic.get().partition(":")
+            if not sep:
+                raise CredentialsError(
+                    f"the Prometheus basic auth file {self._basic.path} must hold user:pass"
+                )
+            request.headers["Authorization"] = _basic(user, password)
+        elif self._user is not None and self._password is not None:
+            request.headers["Authorization"] = _basic(self._user.get(), self._password.get())
+        return request
+
+
 class PrometheusClient:
     """Instant PromQL queries against one Prometheus server."""
 
@@ -114,8 +228,10 @@ class PrometheusClient:
         retries: int = 2,
         backoff_s: float = 0.2,
         pool_size: int = 8,
+        auth: PrometheusAuth | None = None,
     ) -> None:
         self.url = url.rstrip("/")
+        self.auth = auth or PrometheusAuth()
         self.timeout_s = timeout_s
         retry = Retry(
             total=retries,
@@ -133,9 +249,13 @@ class PrometheusClient:
         )
         session.mount("http://", adapter)
         session.mount("https://", adapter)
+        if self.auth.ca_file:
+            session.verify = self.auth.ca_file
+        file_auth = _FileAuth(self.auth)
         self._connection = PrometheusConnect(
             url=self.url, session=session, retry=retry, timeout=max(1, math.ceil(timeout_s)),
-            method="POST",
+            method="POST", headers=dict(self.auth.headers),
+            auth=file_auth,  # type: ignore[arg-type]  # any requests auth works
         )
 
     def query(self, promql: str) -> list[tuple[Mapping[str, str], float]]:
@@ -146,6 +266,12 @@ class PrometheusClient:
             )
         except PrometheusApiClientException as exc:
             text = str(exc)
+            if text.startswith(("HTTP Status Code 401", "HTTP Status Code 403")):
+                code = text.split()[3]
+                raise CredentialsError(
+                    f"Prometheus refused the credentials (HTTP {code} from {self.url}): "
+                    + self._credential_hint()
+                ) from None
             server_error = re.search(r"HTTP Status Code (5\d\d)", text)
             if server_error:
                 raise MetricsError(
@@ -156,6 +282,11 @@ class PrometheusClient:
                 f"Prometheus {self.url} refused the query: {refusal(exc)}; query: "
                 f"{short_query(promql)}",
                 reason="PrometheusQueryError",
+            ) from None
+        except requests.exceptions.SSLError as exc:
+            ca = self.auth.ca_file or "the system CA bundle"
+            raise MetricsError(
+                f"Prometheus {self.url}: TLS failed with CA {ca}: {connection_cause(exc)}"
             ) from None
         except (requests.RequestException, OSError) as exc:
             raise MetricsError(
@@ -168,6 +299,17 @@ class PrometheusClient:
                 f"{short_query(promql)}"
             ) from None
         return parse_vector(result)
+
+    def _credential_hint(self) -> str:
+        a = self.auth
+        if a.bearer_token_file:
+            return f"check the bearer token in {a.bearer_token_file}"
+        if a.basic_auth_file:
+            return f"check user:pass in {a.basic_auth_file}"
+        if a.username_file:
+            return f"check {a.username_file} and {a.password_file}"
+        return ("none were given: set --prometheus-bearer-token-file or "
+                "--prometheus-basic-auth-file")
 
     def close(self) -> None:
         self._connection.close()
@@ -197,18 +339,29 @@ def parse_vector(result: Any) -> list[tuple[Mapping[str, str], float]]:
 class PrometheusPool:
     """One client per Prometheus URL, created on first use (thread-safe)."""
 
-    def __init__(self, timeout_s: float, pool_size: int = 8) -> None:
+    def __init__(
+        self, timeout_s: float, pool_size: int = 8, auth: PrometheusAuth | None = None
+    ) -> None:
         self.timeout_s = timeout_s
         self.pool_size = pool_size
-        self._clients: dict[str, PrometheusClient] = {}
+        self.auth = auth or PrometheusAuth()
+        self._clients: dict[tuple[str, tuple[tuple[str, str], ...]], PrometheusClient] = {}
         self._lock = threading.Lock()
 
-    def get(self, url: str) -> PrometheusClient:
+    def get(self, url: str, headers: Mapping[str, str] | None = None) -> PrometheusClient:
+        """The client of ``url``; ``headers`` (an object's own) are added to the pool's."""
+        extra = tuple(sorted((headers or {}).items()))
         with self._lock:
-            client = self._clients.get(url)
+            client = self._clients.get((url, extra))
             if client is None:
-                client = PrometheusClient(url, self.timeout_s, pool_size=self.pool_size)
-                self._clients[url] = client
+                auth = self.auth
+                if extra:
+                    names = {name.lower() for name, _ in extra}
+                    kept = tuple(h for h in auth.headers if h[0].lower() not in names)
+                    auth = PrometheusAuth(**{**auth.__dict__, "headers": kept + extra})
+                client = PrometheusClient(url, self.timeout_s, pool_size=self.pool_size,
+                                          auth=auth)
+                self._clients[(url, extra)] = client
             return client
 
     def close(self) -> None:
@@ -218,4 +371,12 @@ class PrometheusPool:
             self._clients.clear()
 
 
-__all__ = ["MetricsError", "PrometheusClient", "PrometheusPool", "parse_vector"]
+__all__ = [
+    "CredentialsError",
+    "MetricsError",
+    "PrometheusAuth",
+    "PrometheusClient",
+    "PrometheusPool",
+    "parse_header",
+    "parse_vector",
+]

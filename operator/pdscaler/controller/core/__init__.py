@@ -18,6 +18,7 @@ from pdscaler.controller.core.profiles import ProfileDocument, ProfileError
 from pdscaler.controller.core.tick import settle, tick
 from pdscaler.controller.core.types import (
     EventRecord,
+    ExternalAutoscaler,
     GaugeSample,
     PeerClaim,
     ScaleCommand,
@@ -33,6 +34,7 @@ from pdscaler.controller.core.types import (
 __all__ = [
     "LRU",
     "EventRecord",
+    "ExternalAutoscaler",
     "GaugeSample",
     "Memo",
     "PeerClaim",

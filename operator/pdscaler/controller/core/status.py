@@ -15,7 +15,8 @@ from pydantic import BaseModel
 
 from pdscaler.controller.api import Condition, PDDeploymentStatus
 
-CONDITION_TYPES = ("Ready", "SpecValid", "TargetsFound", "MetricsAvailable", "CapacityLimited")
+CONDITION_TYPES = ("Ready", "SpecValid", "TargetsFound", "MetricsAvailable", "CapacityLimited",
+                   "Paused", "Conflict")
 MESSAGE_LIMIT = 1024
 """Longest free text kept in a status field or an event (status must stay small whatever the
 spec holds: one huge label value must not make every status patch fail)."""

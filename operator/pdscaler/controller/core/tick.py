@@ -42,6 +42,13 @@ from pdscaler.controller.api import (
     SpecError,
 )
 from pdscaler.controller.core import calibration
+from pdscaler.controller.core.coexist import (
+    behavior_fields,
+    coexistence,
+    fallback_replicas,
+    next_failures,
+    scale_changes,
+)
 from pdscaler.controller.core.forecast import plan_rate, record
 from pdscaler.controller.core.planning import (
     Predictions,
@@ -104,6 +111,7 @@ class _Builder:
             history=list(old.history),
             last_scale_time=old.last_scale_time,
             forecast=old.forecast,
+            metric_failures=old.metric_failures,
         )
         for role in ROLES:  # learnt state survives every early return
             self.status.role(role).calibration = old.role(role).calibration
@@ -153,6 +161,8 @@ def tick(inp: TickInput) -> TickOutcome:
         return _outcome(b, (), interval_s, "held")
 
     read = _workload(b, spec, static)
+    b.status.metric_failures = next_failures(
+        inp.previous.metric_failures, read.problem is None)
     planned: dict[Role, int | None] = {"prefill": None, "decode": None}
     request: PlanRequest | None = None
     observed_request: PlanRequest | None = None
@@ -218,7 +228,7 @@ def tick(inp: TickInput) -> TickOutcome:
     _mark_holds(b.status, states, gap_held, unreachable)
     _calibrate(b, spec, profiles, states, read, observed_request)
 
-    commands = _act(b, spec, states, decisions, whys)
+    commands = _coexist(b, spec, _act(b, spec, states, decisions, whys))
     ready = read.problem is None and (read.workload is not None or read.idle)
     if unreachable:
         message = "no replica count meets the SLO, holding replicas: " + "; ".join(
@@ -479,15 +489,30 @@ def _record_idle(status: PDDeploymentStatus, spec: PDDeploymentSpec,
 def policy_of(spec: PDDeploymentSpec, role: Role) -> ControlPolicy:
     """The control rules' settings for one role of the spec."""
     role_spec = spec.role(role)
-    return ControlPolicy(
+    return ControlPolicy.model_validate(dict(
         min_replicas=role_spec.min_replicas,
         max_replicas=role_spec.max_replicas,
-        scale_up_stabilization_s=spec.behavior.scale_up_stabilization_s,
-        scale_down_stabilization_s=spec.behavior.scale_down_stabilization_s,
         max_step_up=spec.behavior.max_scale_up_step,
         max_step_down=spec.behavior.max_scale_down_step,
         tolerance=spec.behavior.tolerance,
-    )
+        **behavior_fields(spec),
+    ))
+
+
+def _coexist(
+    b: _Builder, spec: PDDeploymentSpec, commands: Sequence[ScaleCommand]
+) -> list[ScaleCommand]:
+    """Pause annotation and other autoscalers: conditions, events, commands dropped."""
+    co = coexistence(spec, b.inp.previous, b.inp.annotations, b.inp.autoscalers)
+    for type_, ok, reason, message in co.conditions:
+        b.condition(type_, ok, reason, message)
+    b.events.extend(co.events)
+    for role, why in co.blocked.items():
+        rs = b.status.role(role)
+        if rs.recommended_replicas != rs.current_replicas and spec.mode == "Auto":
+            rs.held_by = "paused" if co.paused else "external_autoscaler"
+            rs.reason = f"not written ({why}): {rs.reason}"
+    return [c for c in commands if c.role not in co.blocked]
 
 
 def _control(
@@ -514,6 +539,8 @@ def _control(
                 history=_history(b.inp.previous.role(role).recommendation_history)
                 or _first_sight(state, b.inp.now_s),
                 capacity_limit=capacity_limit,
+                scale_events=scale_changes(b.inp.previous.history, role),
+                fallback_replicas=fallback_replicas(spec, role, b.status.metric_failures or 0),
             ),
             policy_of(spec, role),
             b.inp.now_s,

@@ -50,6 +50,14 @@ class WorkloadRead:
 
 
 @dataclass(frozen=True)
+class ExternalAutoscaler:
+    """Another autoscaler whose scaleTargetRef names a role's target (HPA or ScaledObject)."""
+
+    kind: str
+    name: str
+
+
+@dataclass(frozen=True)
 class PeerClaim:
     """Another PDDeployment of the namespace and the targets it scales (``kind/name``, the
     kind lower-case), as listed by the shell."""
@@ -96,6 +104,10 @@ class TickInput:
     settings: TickSettings = TickSettings()
     empty_pools: Mapping[Role, str] = field(default_factory=dict)
     """Roles whose node pool selector (the value) matches no node."""
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    """The PDDeployment's annotations (``pdscaler.io/paused``)."""
+    autoscalers: Mapping[Role, tuple[ExternalAutoscaler, ...]] = field(default_factory=dict)
+    """Per role, the HPAs and ScaledObjects that target it (none read: empty)."""
     memo: Memo = field(default_factory=Memo, compare=False, repr=False)
 
 
@@ -168,6 +180,7 @@ class Settled:
 
 
 __all__ = [
-    "EventRecord", "GaugeName", "GaugeSample", "Outcome", "PeerClaim", "ScaleCommand", "Settled",
+    "EventRecord", "ExternalAutoscaler", "GaugeName", "GaugeSample", "Outcome", "PeerClaim",
+    "ScaleCommand", "Settled",
     "TargetRead", "TargetState", "TickInput", "TickOutcome", "TickSettings", "WorkloadRead",
 ]
