@@ -366,8 +366,11 @@ def pdd_spec(
         "decode": {"scaleTargetRef": {"kind": "Deployment", "name": decode},
                    "gpusPerReplica": 1, "minReplicas": 1, "maxReplicas": 10},
         "behavior": {"intervalS": interval_s, "scaleDownStabilizationS": 0, "tolerance": 0},
-        # The pools sit behind a queue-aware router (one pooled queue per role).
-        "planner": {"router": "least-loaded"},
+        # The pools sit behind a queue-aware router (one pooled queue per role). These tests
+        # pin the counts of the control paths: the learning features (forecast, online
+        # calibration, measured burstiness) have their own tests and are off here.
+        "planner": {"router": "least-loaded", "forecast": "none", "onlineCalibration": False,
+                    "arrivalDispersion": 1.0},
     }
     if pair is not None:
         spec["workload"] = {"source": "Prometheus",
