@@ -91,16 +91,25 @@ TEST_MAP: dict[str, tuple[str, ...]] = {
     "planner/__init__.py": ("tests/unit/test_paper.py",),
     f"{CORE}/tick.py": (
         "tests/unit/test_tick.py",
+        "tests/unit/test_tick_core.py",
+        "tests/unit/test_faults_tick.py",
+        "tests/unit/test_online_calibration.py",
         "tests/unit/test_reconcile.py",
         "tests/unit/test_profile_documents.py",
     ),
-    f"{CORE}/planning.py": ("tests/unit/test_tick.py", "tests/unit/test_reconcile.py"),
+    f"{CORE}/planning.py": (
+        "tests/unit/test_tick.py", "tests/unit/test_tick_core.py", "tests/unit/test_reconcile.py",
+    ),
     f"{CORE}/profiles.py": (
         "tests/unit/test_profile_documents.py",
+        "tests/unit/test_tick_core.py",
         "tests/unit/test_tick.py",
         "tests/unit/test_reconcile.py",
     ),
-    f"{CORE}/status.py": ("tests/unit/test_tick.py", "tests/unit/test_reconcile.py"),
+    f"{CORE}/status.py": (
+        "tests/unit/test_tick.py", "tests/unit/test_tick_core.py",
+        "tests/unit/test_faults_tick.py", "tests/unit/test_reconcile.py",
+    ),
     f"{CORE}/memo.py": ("tests/unit/test_tick.py",),
     f"{CORE}/observing.py": ("tests/unit/test_replay_policies.py",),
 }
