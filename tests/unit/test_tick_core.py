@@ -8,6 +8,7 @@ import copy
 from dataclasses import replace
 from typing import Any
 
+import pytest
 from pdscaler.controller.core import ProfileDocument, tick
 from pdscaler.controller.core.status import bounded
 
@@ -107,3 +108,57 @@ def test_status_text_is_bounded_at_exactly_the_limit() -> None:
     assert bounded("x" * 1024) == "x" * 1024
     assert bounded("x" * 1025) == "x" * 1023 + "…"
     assert len(bounded("y" * 10, 5)) == 5
+
+
+def test_quantize_rounds_weights_to_a_thousandth_and_renormalizes() -> None:
+    from pdscaler.controller.core.planning import quantize
+
+    from planner import LengthDistribution, Workload
+
+    # 0.3333 / 0.3333 / 0.3334 round to 0.333 each (sum 0.999), renormalized to 1/3 each.
+    thirds = LengthDistribution(values=(100.0, 200.0, 300.0), weights=(0.3333, 0.3333, 0.3334))
+    # 0.1234 / 0.8766 round to 0.123 / 0.877.
+    pair = LengthDistribution(values=(100.0, 200.0), weights=(0.1234, 0.8766))
+    w = quantize(Workload(rate_per_s=1.0, input_tokens=thirds, output_tokens=pair))
+    assert w.input_tokens.weights == pytest.approx((1 / 3, 1 / 3, 1 / 3), abs=1e-12)
+    assert w.output_tokens.weights == (0.123, 0.877)
+    # 3000 equal weights (0.000333 each) all round to 0: the distribution becomes its mean.
+    many = LengthDistribution(values=tuple(float(v) for v in range(1, 3001)),
+                              weights=tuple([1 / 3000] * 3000))
+    flat = quantize(Workload(rate_per_s=1.0, input_tokens=many, output_tokens=pair))
+    assert flat.input_tokens.values == pytest.approx((1500.5,))
+    assert flat.input_tokens.weights == (1.0,)
+
+
+def test_one_memo_tells_two_profile_documents_apart() -> None:
+    from pdscaler.controller.core import Memo
+
+    memo = Memo()
+    fast = copy.deepcopy(PAPER_PROFILE)
+    fast["instances"][0]["prefill"]["points"][0]["maxThroughputTokensPerS"] = 2 * 28309.0
+    counts = []
+    for doc in (PAPER_PROFILE, fast):
+        spec = spec_dict("DryRun")
+        spec["profile"] = {"inline": doc}
+        inp = replace(make_input(spec, memo=memo), profiles={
+            role: ProfileDocument("spec.profile", content=doc) for role in ROLES})
+        counts.append(tick(inp).status.prefill.planned_replicas)
+    assert counts == [3, 1]
+
+
+def test_idle_reasons_name_the_source() -> None:
+    spec = spec_dict("DryRun")
+    spec["workload"]["static"]["ratePerS"] = 0
+    assert tick(make_input(spec)).status.reason == "static rate 0: minReplicas"
+
+
+def test_a_warning_is_news_when_the_reason_changes() -> None:
+    from pdscaler.controller.api import Condition, PDDeploymentStatus
+    from pdscaler.controller.core.status import became
+
+    previous = PDDeploymentStatus(conditions=[Condition(
+        type="Ready", status="False", reason="MetricsMissing", message="age 30 s")])
+    assert not became(previous, "Ready", "False", "age 45 s", reason="MetricsMissing")
+    assert became(previous, "Ready", "False", "age 45 s", reason="MetricsGap")
+    assert not became(previous, "Ready", "False", "age 45 s")
+    assert became(previous, "Ready", "True", "age 45 s")
