@@ -146,6 +146,17 @@ for _original, _mutated, _why in (
      "inside some piece; equivalent"),
 ):
     _equivalent("planner/models.py", _original, _mutated, _why)
+for _original, _mutated, _why in (
+    ("for v, w in zip(values, weights, strict=True):",
+     "for v, w in zip(values, weights, strict=False):",
+     "both lists come from the same distribution and always have its length; equivalent"),
+    ("else json.dumps(self.content, sort_keys=True, default=str))",
+     "else json.dumps(self.content, sort_keys=False, default=str))",
+     "only the memo key of a parsed profile changes with key order (a cache miss, the same "
+     "profile); equivalent"),
+):
+    _equivalent(f"{CORE}/planning.py" if "zip" in _original else f"{CORE}/profiles.py",
+                _original, _mutated, _why)
 _INSIDE = "inside = (roots >= starts - 1e-12) & (roots <= ends + 1e-12)"
 for _mutated in (
     "inside = (roots > starts - 1e-12) & (roots <= ends + 1e-12)",
