@@ -41,6 +41,27 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def free_port_range(count: int, host: str = "127.0.0.1", tries: int = 50) -> int:
+    """The first of ``count`` consecutive TCP ports on ``host`` that are all free now."""
+    for _ in range(tries):
+        base = free_port(host)
+        if base + count > 65535:
+            continue
+        sockets: list[socket.socket] = []
+        try:
+            for port in range(base, base + count):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sockets.append(sock)
+                sock.bind((host, port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+    raise ComponentError(f"no {count} consecutive free ports on {host} after {tries} tries")
+
+
 def require_binary(path: Path | str, component: str, install_hint: str) -> Path:
     """Return the binary's path or raise naming the component and how to install it."""
     found = Path(path) if os.path.sep in str(path) else shutil.which(str(path))

@@ -21,7 +21,7 @@ from subprocess import Popen
 
 import pytest
 
-from tests.components.util import free_port, http_ok, start_process, stop_process, wait_until
+from tests.components.util import free_port_range, http_ok, start_process, stop_process, wait_until
 
 START_TIMEOUT_S = 60.0
 
@@ -79,7 +79,7 @@ def start_vllm_sim(
     extra_args: tuple[str, ...] = (),
 ) -> VllmSim:
     """Start ``pdscaler vllm-sim`` and wait until every instance answers ``/health``."""
-    port = free_port()
+    port = free_port_range(instances)
     ports = [port + i for i in range(instances)]
     argv = [
         sys.executable,

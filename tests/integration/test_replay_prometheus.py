@@ -23,7 +23,10 @@ from tests.components.prometheus import PrometheusServer, Series
 
 pytestmark = pytest.mark.integration
 
-T0 = 1_700_000_000.0  # sim time 0, a fixed instant in the past
+# Sim time 0, a fixed instant in the past. Prometheus aligns subquery steps to absolute
+# multiples of the step, the stand-in to multiples of simulated time: the two agree when time 0
+# is itself a multiple of every step (an hour here).
+T0 = 1_699_999_200.0
 WINDOW_S = 60.0
 SUB_WINDOW_S = 10.0  # T0 is a multiple of it: both align the subquery steps alike
 
